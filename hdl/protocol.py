@@ -1,0 +1,155 @@
+"""Formats shared by gateware, host library, simulation and cocotb benches.
+
+Everything that crosses a boundary (AER events, route entries, numeric widths of the neuron
+state and of the memories) is defined here once. The host imports this module (it needs only
+amaranth's `data`/`enum`, no elaboration), so a field that changes here changes everywhere.
+
+See docs/semantics.md for what the numbers mean and docs/protocol.md for the host link.
+"""
+
+from amaranth.lib import data, enum
+
+__all__ = [
+    "STATE_BITS", "WEIGHT_BITS", "ACC_BITS", "DECAY_BITS", "DECAY_ONE", "REFRACTORY_BITS",
+    "PROFILE_COUNT", "PROFILE_BITS", "WEIGHT_EXP_MAX", "TRACE_BITS", "STDP_SHIFT_MAX",
+    "LFSR_BITS", "LFSR_TAPS", "INDEX_BITS", "CORE_BITS", "CHIP_BITS",
+    "EventKind", "Event", "RouteKind", "RouteEntry", "RoutePointer",
+    "ResetMode", "signed_range", "unsigned_range",
+    "MemorySpace", "ProfileField", "StateField", "CoreRegister", "StdpField", "MemRequest",
+]
+
+# --- Numeric widths of the neuron datapath (docs/semantics.md) -------------------------------
+STATE_BITS = 24          #: u, v, bias, threshold, v_reset, theta: signed two's complement
+WEIGHT_BITS = 8          #: synaptic weights: signed
+ACC_BITS = STATE_BITS    #: per-step input accumulator (sum of raw weights): signed, saturating
+DECAY_BITS = 12          #: decays du, dv, dtheta, trace decays are fractions of 2**DECAY_BITS
+DECAY_ONE = 1 << DECAY_BITS
+REFRACTORY_BITS = 8      #: refractory period, in time steps
+PROFILE_COUNT = 8        #: neuron parameter profiles per core
+PROFILE_BITS = 3
+WEIGHT_EXP_MAX = 15      #: per-core weight exponent: input = acc << weight_exp
+TRACE_BITS = 8           #: STDP pre/post traces: unsigned, saturating
+STDP_SHIFT_MAX = 15      #: STDP amplitude shift
+LFSR_BITS = 16           #: stochastic-rounding LFSR (Galois, taps below), one per lane
+LFSR_TAPS = 0xB400       #: x^16 + x^14 + x^13 + x^11 + 1, maximal length
+
+# --- AER address widths ------------------------------------------------------------------------
+INDEX_BITS = 16          #: neuron or axon index inside a core
+CORE_BITS = 8            #: core index inside a chip
+CHIP_BITS = 6            #: reserved for multi-chip systems; always 0 on a single chip
+
+
+def signed_range(bits):
+    """The inclusive range of a `bits`-wide two's complement number."""
+    return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+
+
+def unsigned_range(bits):
+    """The inclusive range of a `bits`-wide unsigned number."""
+    return 0, (1 << bits) - 1
+
+
+class ResetMode(enum.Enum, shape=1):
+    """What a spike does to the membrane potential."""
+    VALUE = 0       #: v := v_reset
+    SUBTRACT = 1    #: v := v - (threshold + theta), saturating
+
+
+class EventKind(enum.Enum, shape=2):
+    """What an AER event means."""
+    AXON = 0        #: deliver to axon `index` of core `core` (input to a core)
+    SPIKE = 1       #: neuron `index` of core `core` fired (output of a core, or to the host)
+    STEP = 2        #: end-of-step marker; `index` carries the low bits of the step number
+
+
+class Event(data.Struct):
+    """One address-event: 32 bits on every stream of the chip."""
+    index: INDEX_BITS
+    core: CORE_BITS
+    chip: CHIP_BITS
+    kind: EventKind
+
+
+class RouteKind(enum.Enum, shape=1):
+    """Where a route entry sends a spike."""
+    AXON = 0        #: to axon `axon` of core `core`
+    HOST = 1        #: to the host output stream (as a SPIKE event naming the source)
+
+
+class RouteEntry(data.Struct):
+    """One destination of a source neuron (entries of one neuron are contiguous)."""
+    axon: INDEX_BITS
+    core: CORE_BITS
+    chip: CHIP_BITS
+    kind: RouteKind
+
+
+class RoutePointer(data.Struct):
+    """Per source neuron: its route entries are `base .. base + count - 1`."""
+    base: 16
+    count: 8
+
+
+# --- The memory map: every memory of the chip, as the host link and the model address it -------
+class MemorySpace(enum.Enum, shape=4):
+    """Which memory a :class:`MemRequest` addresses. Data words are 32 bits; signed fields are
+    sign-extended on reads and truncated to their width on writes (docs/protocol.md)."""
+    WEIGHT = 0          #: addr = axon * neurons + neuron; data = int8 weight
+    NEURON = 1          #: addr = neuron; data = bias[23:0] | profile index << 24
+    PROFILE = 2         #: addr = profile * 8 + ProfileField; data = that field
+    STATE = 3           #: addr = neuron * 4 + StateField; data = that state variable
+    CORE = 4            #: addr = CoreRegister; per-core registers
+    ROUTE_POINTER = 5   #: chip-level; addr = core * neurons + neuron; data = RoutePointer bits
+    ROUTE_ENTRY = 6     #: chip-level; addr = entry index; data = RouteEntry bits
+    STDP = 7            #: addr = StdpField; per-core learning parameters
+    TRACE = 8           #: addr = axon (pre-trace) or axons + neuron (post-trace)
+    PLASTIC = 9         #: addr = axon; data = 1 if that axon's synapses learn
+
+
+class ProfileField(enum.Enum, shape=3):
+    DU = 0
+    DV = 1
+    THRESHOLD = 2
+    V_RESET = 3
+    RESET_MODE = 4
+    REFRACTORY = 5
+    THETA_PLUS = 6
+    DTHETA = 7
+
+
+class StateField(enum.Enum, shape=2):
+    U = 0
+    V = 1
+    REFRACTORY = 2
+    THETA = 3
+
+
+class CoreRegister(enum.Enum, shape=4):
+    WEIGHT_EXP = 0      #: input = acc << WEIGHT_EXP
+    LEARNING = 1        #: 1 = STDP enabled on this core
+
+
+class StdpField(enum.Enum, shape=4):
+    PRE_INCREMENT = 0
+    POST_INCREMENT = 1
+    PRE_DECAY = 2
+    POST_DECAY = 3
+    A_PLUS = 4
+    A_MINUS = 5
+    SHIFT = 6
+    W_MIN = 7
+    W_MAX = 8
+    SEED = 9
+    REWARD = 10
+
+
+class MemRequest(data.Struct):
+    """A read or write of one 32-bit word of one memory of one core (or of the router)."""
+    addr: 24
+    data: 32
+    mem: MemorySpace
+    core: CORE_BITS
+    write: 1
+
+
+# --- The host link (frames, commands, status codes): docs/protocol.md -----------------------

@@ -1,0 +1,410 @@
+"""The bit-exact numpy model of the chip: the executable specification.
+
+Everything here is integer arithmetic on int64 arrays, vectorised over neurons. The gateware,
+the Verilator simulation and the boards must reproduce it exactly (docs/semantics.md).
+
+Layout of the model mirrors the chip's memories, one set per core:
+
+- ``weights[a, n]``: int8 crossbar, axon ``a`` to neuron ``n``; ``weight_exp`` per core
+- ``bias[n]``, ``profile[n]``: per-neuron bias and parameter-profile index
+- ``profiles``: up to :data:`PROFILE_COUNT` :class:`NeuronProfile` per core
+- state ``u, v, refractory, theta`` per neuron, ``acc`` (this step's input) per neuron
+- STDP: ``pre_trace[a]``, ``post_trace[n]``, ``plastic[a]``, :class:`StdpConfig`, one LFSR per lane
+- routes: per source neuron a list of :class:`Route` (to a core's axon, or to the host)
+
+A time step (design.md section 4): (1) integrate every event addressed to this step (host input
+and spikes routed from the previous step); (2) update every neuron; (3) learn; (4) route this
+step's spikes (to axons for the next step, and to the host output).
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from neurofabric.hdl.protocol import (
+    ACC_BITS, DECAY_BITS, DECAY_ONE, LFSR_BITS, LFSR_TAPS, PROFILE_COUNT, REFRACTORY_BITS,
+    STATE_BITS, STDP_SHIFT_MAX, TRACE_BITS, WEIGHT_BITS, WEIGHT_EXP_MAX, ResetMode,
+    signed_range, unsigned_range,
+)
+
+__all__ = [
+    "ChipShape", "NeuronProfile", "StdpConfig", "Route", "ChipModel", "ModelError",
+    "saturate", "decay", "lfsr_next", "lfsr_seed",
+]
+
+STATE_MIN, STATE_MAX = signed_range(STATE_BITS)
+ACC_MIN, ACC_MAX = signed_range(ACC_BITS)
+WEIGHT_MIN, WEIGHT_MAX = signed_range(WEIGHT_BITS)
+TRACE_MAX = unsigned_range(TRACE_BITS)[1]
+
+
+class ModelError(ValueError):
+    """A parameter or command the chip would reject: names the field, value and allowed range."""
+
+
+def check_int(name, value, lo, hi):
+    """Validate an integer field; raise :class:`ModelError` naming field, value and range."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ModelError(f"{name} must be an integer in [{lo}, {hi}], not {value!r}")
+    if not lo <= int(value) <= hi:
+        raise ModelError(f"{name} = {int(value)} is out of range: allowed [{lo}, {hi}]")
+    return int(value)
+
+
+def check_array(name, values, shape, lo, hi):
+    """Validate an integer array's shape, dtype and range; return it as int64."""
+    array = np.asarray(values)
+    if array.shape != tuple(shape):
+        raise ModelError(f"{name} has shape {array.shape}, expected {tuple(shape)}")
+    if array.dtype.kind not in "iub":
+        if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+            raise ModelError(f"{name} contains NaN or infinity; expected integers in [{lo}, {hi}]")
+        if array.dtype.kind != "f" or not np.all(array == np.round(array)):
+            raise ModelError(f"{name} must hold integers in [{lo}, {hi}], got dtype {array.dtype}")
+    array = array.astype(np.int64)
+    if array.size and (array.min() < lo or array.max() > hi):
+        bad = array[(array < lo) | (array > hi)].flat[0]
+        raise ModelError(f"{name} contains {int(bad)}, out of range: allowed [{lo}, {hi}]")
+    return array
+
+
+def saturate(x, bits):
+    """Clamp to a `bits`-wide signed range (numpy or int)."""
+    lo, hi = signed_range(bits)
+    return np.clip(x, lo, hi)
+
+
+def decay(x, d):
+    """``x * (4096 - d) / 4096`` rounded toward zero (symmetric for negative values)."""
+    x = np.asarray(x, dtype=np.int64)
+    magnitude = (np.abs(x) * (DECAY_ONE - np.asarray(d, dtype=np.int64))) >> DECAY_BITS
+    return np.where(x < 0, -magnitude, magnitude)
+
+
+def lfsr_next(state):
+    """One step of the 16-bit Galois LFSR (:data:`LFSR_TAPS`), shifting right."""
+    return (state >> 1) ^ (LFSR_TAPS if state & 1 else 0)
+
+
+def lfsr_seed(seed, lane):
+    """The reset state of lane `lane`'s LFSR for a core seeded with `seed` (never zero)."""
+    state = (seed + 0x9E37 * (lane + 1)) & ((1 << LFSR_BITS) - 1)
+    return state or 1
+
+
+@dataclass(frozen=True)
+class ChipShape:
+    """The build-time shape of a chip: `cores` cores of `neurons` neurons and `axons` axons,
+    integrating `lanes` weights per cycle."""
+    cores: int = 1
+    neurons: int = 256
+    axons: int = 256
+    lanes: int = 8
+    route_entries: int = 1024
+
+    def __post_init__(self):
+        check_int("cores", self.cores, 1, 255)
+        check_int("neurons", self.neurons, 1, 1 << 16)
+        check_int("axons", self.axons, 1, 1 << 16)
+        check_int("lanes", self.lanes, 1, 64)
+        check_int("route_entries", self.route_entries, 1, 1 << 16)
+        if self.neurons % self.lanes:
+            raise ModelError(f"lanes = {self.lanes} must divide neurons = {self.neurons}")
+
+
+@dataclass(frozen=True)
+class NeuronProfile:
+    """Parameters shared by the neurons that select this profile (docs/semantics.md)."""
+    du: int = 0                 #: current decay, fraction of 4096 per step: 0 (none) .. 4096 (full)
+    dv: int = 0                 #: voltage decay, fraction of 4096 per step
+    threshold: int = 1 << 10    #: spike when v >= threshold + theta
+    v_reset: int = 0            #: v after a spike in ResetMode.VALUE
+    reset_mode: ResetMode = ResetMode.VALUE
+    refractory: int = 0         #: steps during which v is held after a spike
+    theta_plus: int = 0         #: adaptive threshold increment per spike
+    dtheta: int = 0             #: adaptive threshold decay, fraction of 4096 per step
+
+    def __post_init__(self):
+        check_int("du", self.du, 0, DECAY_ONE)
+        check_int("dv", self.dv, 0, DECAY_ONE)
+        check_int("threshold", self.threshold, 0, STATE_MAX)
+        check_int("v_reset", self.v_reset, STATE_MIN, STATE_MAX)
+        if not isinstance(self.reset_mode, ResetMode):
+            raise ModelError(f"reset_mode must be a ResetMode, not {self.reset_mode!r}")
+        check_int("refractory", self.refractory, 0, (1 << REFRACTORY_BITS) - 1)
+        check_int("theta_plus", self.theta_plus, 0, STATE_MAX)
+        check_int("dtheta", self.dtheta, 0, DECAY_ONE)
+
+
+@dataclass(frozen=True)
+class StdpConfig:
+    """Trace-based pair STDP of one core (docs/semantics.md, "Learning")."""
+    pre_increment: int = 64     #: added to an axon's pre-trace per step with an event
+    post_increment: int = 64    #: added to a neuron's post-trace per step with a spike
+    pre_decay: int = 512        #: pre-trace decay, fraction of 4096 per step
+    post_decay: int = 512       #: post-trace decay, fraction of 4096 per step
+    a_plus: int = 16            #: potentiation amplitude
+    a_minus: int = 16           #: depression amplitude
+    shift: int = 8              #: dw = a * trace * reward / 2**shift, stochastically rounded
+    w_min: int = WEIGHT_MIN
+    w_max: int = WEIGHT_MAX
+    seed: int = 1               #: LFSR seed of the core
+
+    def __post_init__(self):
+        for name in ("pre_increment", "post_increment", "a_plus", "a_minus"):
+            check_int(name, getattr(self, name), 0, TRACE_MAX)
+        check_int("pre_decay", self.pre_decay, 0, DECAY_ONE)
+        check_int("post_decay", self.post_decay, 0, DECAY_ONE)
+        check_int("shift", self.shift, 0, STDP_SHIFT_MAX)
+        check_int("w_min", self.w_min, WEIGHT_MIN, WEIGHT_MAX)
+        check_int("w_max", self.w_max, self.w_min, WEIGHT_MAX)
+        check_int("seed", self.seed, 0, (1 << LFSR_BITS) - 1)
+
+
+@dataclass(frozen=True)
+class Route:
+    """A destination of a source neuron's spikes: a core's axon, or the host (core/axon unused)."""
+    core: int = 0
+    axon: int = 0
+    host: bool = False
+
+
+@dataclass
+class CoreState:
+    """Memories and state of one core (all int64 numpy arrays)."""
+    weights: np.ndarray
+    weight_exp: int
+    bias: np.ndarray
+    profile: np.ndarray
+    profiles: list
+    u: np.ndarray
+    v: np.ndarray
+    refractory: np.ndarray
+    theta: np.ndarray
+    acc: np.ndarray
+    pre_trace: np.ndarray
+    post_trace: np.ndarray
+    plastic: np.ndarray
+    stdp: StdpConfig | None
+    lfsr: list
+    pre_event: np.ndarray = field(default=None)
+
+
+class ChipModel:
+    """The chip, step by step. Construct with a :class:`ChipShape`; configure with the setters;
+    inject events; :meth:`run` steps and returns the spikes sent to the host."""
+
+    def __init__(self, shape=ChipShape()):
+        if not isinstance(shape, ChipShape):
+            raise ModelError(f"shape must be a ChipShape, not {shape!r}")
+        self.shape = shape
+        self.step_count = 0
+        self.reward = 1
+        self.learning = True
+        self.cores = [self._fresh_core() for _ in range(shape.cores)]
+        self.routes = {}            # (core, neuron) -> tuple of Route
+        self._pending = []          # events routed to the next step: (core, axon)
+        self._inputs = {}           # step -> list of (core, axon) injected by the host
+        self.counters = {"events": 0, "spikes": 0, "host_spikes": 0, "steps": 0}
+
+    def _fresh_core(self):
+        s = self.shape
+        zeros_n = lambda: np.zeros(s.neurons, dtype=np.int64)  # noqa: E731
+        return CoreState(
+            weights=np.zeros((s.axons, s.neurons), dtype=np.int64), weight_exp=0,
+            bias=zeros_n(), profile=zeros_n(), profiles=[NeuronProfile()] * PROFILE_COUNT,
+            u=zeros_n(), v=zeros_n(), refractory=zeros_n(), theta=zeros_n(), acc=zeros_n(),
+            pre_trace=np.zeros(s.axons, dtype=np.int64), post_trace=zeros_n(),
+            plastic=np.zeros(s.axons, dtype=bool), stdp=None,
+            lfsr=[lfsr_seed(1, lane) for lane in range(s.lanes)],
+            pre_event=np.zeros(s.axons, dtype=bool))
+
+    # --- configuration -----------------------------------------------------------------------
+    def _core(self, core):
+        return self.cores[check_int("core", core, 0, self.shape.cores - 1)]
+
+    def set_weights(self, core, weights, weight_exp=0):
+        """The whole A x N crossbar of `core` (int8 range) and its weight exponent."""
+        state = self._core(core)
+        w = check_array("weights", weights, (self.shape.axons, self.shape.neurons), WEIGHT_MIN, WEIGHT_MAX)
+        state.weight_exp = check_int("weight_exp", weight_exp, 0, WEIGHT_EXP_MAX)
+        state.weights = w.copy()
+
+    def set_profiles(self, core, profiles):
+        """Up to PROFILE_COUNT NeuronProfiles for `core` (the rest keep the default)."""
+        state = self._core(core)
+        profiles = list(profiles)
+        if not 1 <= len(profiles) <= PROFILE_COUNT:
+            raise ModelError(f"profiles: {len(profiles)} given, allowed 1..{PROFILE_COUNT}")
+        for i, p in enumerate(profiles):
+            if not isinstance(p, NeuronProfile):
+                raise ModelError(f"profiles[{i}] must be a NeuronProfile, not {p!r}")
+        state.profiles = profiles + [NeuronProfile()] * (PROFILE_COUNT - len(profiles))
+
+    def set_neurons(self, core, bias=None, profile=None):
+        """Per-neuron bias (signed 24-bit) and profile index of `core`."""
+        state = self._core(core)
+        n = self.shape.neurons
+        new_bias = state.bias if bias is None else check_array("bias", bias, (n,), STATE_MIN, STATE_MAX)
+        new_profile = state.profile if profile is None else check_array(
+            "profile", profile, (n,), 0, PROFILE_COUNT - 1)
+        state.bias, state.profile = new_bias.copy(), new_profile.copy()
+
+    def set_stdp(self, core, config, plastic=None):
+        """Enable STDP on `core` with `config` (None disables); `plastic` masks learning axons."""
+        state = self._core(core)
+        if config is not None and not isinstance(config, StdpConfig):
+            raise ModelError(f"config must be a StdpConfig or None, not {config!r}")
+        mask = np.ones(self.shape.axons, dtype=bool) if plastic is None else check_array(
+            "plastic", plastic, (self.shape.axons,), 0, 1).astype(bool)
+        state.stdp, state.plastic = config, mask & (config is not None)
+        seed = 1 if config is None else config.seed
+        state.lfsr = [lfsr_seed(seed, lane) for lane in range(self.shape.lanes)]
+
+    def set_routes(self, routes):
+        """Replace the route table: {(core, neuron): [Route, ...]}; checked against the table size."""
+        table, total = {}, 0
+        for (core, neuron), entries in routes.items():
+            check_int("route source core", core, 0, self.shape.cores - 1)
+            check_int("route source neuron", neuron, 0, self.shape.neurons - 1)
+            entries = tuple(entries)
+            for r in entries:
+                if not isinstance(r, Route):
+                    raise ModelError(f"route of ({core}, {neuron}) must be Route, not {r!r}")
+                if not r.host:
+                    check_int("route destination core", r.core, 0, self.shape.cores - 1)
+                    check_int("route destination axon", r.axon, 0, self.shape.axons - 1)
+            if len(entries) > 255:
+                raise ModelError(f"neuron ({core}, {neuron}) has {len(entries)} routes, allowed 0..255")
+            total += len(entries)
+            if entries:
+                table[(int(core), int(neuron))] = entries
+        if total > self.shape.route_entries:
+            raise ModelError(f"route table needs {total} entries, allowed 0..{self.shape.route_entries}")
+        self.routes = table
+
+    def set_reward(self, reward):
+        """The third factor multiplying every STDP update (signed 8-bit; 1 = plain STDP)."""
+        self.reward = check_int("reward", reward, -128, 127)
+
+    # --- state access ------------------------------------------------------------------------
+    def state(self, core):
+        """A copy of `core`'s neuron state: dict of u, v, refractory, theta, pre/post traces."""
+        s = self._core(core)
+        return {k: getattr(s, k).copy() for k in ("u", "v", "refractory", "theta", "pre_trace", "post_trace")}
+
+    def weights(self, core):
+        return self._core(core).weights.copy()
+
+    def reset_state(self):
+        """Zero the neuron state, traces, queued events and the step counter; keep configuration."""
+        for s in self.cores:
+            for name in ("u", "v", "refractory", "theta", "acc", "post_trace"):
+                getattr(s, name)[:] = 0
+            s.pre_trace[:] = 0
+            s.pre_event[:] = False
+            seed = 1 if s.stdp is None else s.stdp.seed
+            s.lfsr = [lfsr_seed(seed, lane) for lane in range(self.shape.lanes)]
+        self._pending, self._inputs = [], {}
+        self.step_count = 0
+
+    # --- running -----------------------------------------------------------------------------
+    def inject(self, step, events):
+        """Queue host events (an iterable of (core, axon)) for absolute time step `step`."""
+        check_int("step", step, self.step_count, (1 << 32) - 1)
+        checked = [(check_int("event core", c, 0, self.shape.cores - 1),
+                    check_int("event axon", a, 0, self.shape.axons - 1)) for c, a in events]
+        self._inputs.setdefault(int(step), []).extend(checked)
+
+    def run(self, steps):
+        """Run `steps` time steps; return the host spikes as a list of (step, core, neuron)."""
+        check_int("steps", steps, 0, (1 << 32) - 1)
+        out = []
+        for _ in range(steps):
+            out.extend(self.step())
+        return out
+
+    def step(self):
+        """One time step; returns this step's host spikes as (step, core, neuron)."""
+        t = self.step_count
+        events = self._pending + self._inputs.pop(t, [])
+        self._pending = []
+        # (1) integrate
+        for s in self.cores:
+            s.pre_event[:] = False
+        for core, axon in events:
+            s = self.cores[core]
+            s.acc = np.clip(s.acc + s.weights[axon], ACC_MIN, ACC_MAX)
+            s.pre_event[axon] = True
+        self.counters["events"] += len(events)
+        # (2) update, (3) learn
+        spikes = []
+        for s in self.cores:
+            fired = self._update(s)
+            if self.learning and s.stdp is not None:
+                self._learn(s, fired)
+            spikes.append(fired)
+        # (4) route
+        out = []
+        for core, fired in enumerate(spikes):
+            for neuron in np.flatnonzero(fired):
+                self.counters["spikes"] += 1
+                for r in self.routes.get((core, int(neuron)), ()):
+                    if r.host:
+                        out.append((t, core, int(neuron)))
+                    else:
+                        self._pending.append((r.core, r.axon))
+        self.counters["host_spikes"] += len(out)
+        self.counters["steps"] += 1
+        self.step_count += 1
+        return out
+
+    def _profile_arrays(self, s):
+        fields = ("du", "dv", "threshold", "v_reset", "refractory", "theta_plus", "dtheta")
+        table = {f: np.array([getattr(p, f) for p in s.profiles], dtype=np.int64) for f in fields}
+        table["subtract"] = np.array([p.reset_mode is ResetMode.SUBTRACT for p in s.profiles])
+        return {f: column[s.profile] for f, column in table.items()}
+
+    def _update(self, s):
+        """Phase (2) for one core: returns the boolean spike vector."""
+        p = self._profile_arrays(s)
+        s.u = saturate(decay(s.u, p["du"]) + (s.acc << s.weight_exp), STATE_BITS)
+        s.acc[:] = 0
+        s.theta = decay(s.theta, p["dtheta"])
+        active = s.refractory == 0
+        v_new = saturate(decay(s.v, p["dv"]) + s.u + s.bias, STATE_BITS)
+        effective = p["threshold"] + s.theta
+        fired = active & (v_new >= effective)
+        v_after = np.where(p["subtract"], saturate(v_new - effective, STATE_BITS), p["v_reset"])
+        s.v = np.where(fired, v_after, np.where(active, v_new, s.v))
+        s.refractory = np.where(fired, p["refractory"], np.where(active, 0, s.refractory - 1))
+        s.theta = np.where(fired, np.minimum(s.theta + p["theta_plus"], STATE_MAX), s.theta)
+        return fired
+
+    def _learn(self, s, fired):
+        """Phase (3) for one core (docs/semantics.md, "Learning")."""
+        c, lanes = s.stdp, self.shape.lanes
+        s.pre_trace = decay(s.pre_trace, c.pre_decay)
+        s.post_trace = decay(s.post_trace, c.post_decay)
+        mask = (1 << c.shift) - 1
+
+        def amount(a, trace, lane):
+            m = a * int(trace) * self.reward
+            s.lfsr[lane] = lfsr_next(s.lfsr[lane])
+            magnitude = (abs(m) + (s.lfsr[lane] & mask)) >> c.shift
+            return -magnitude if m < 0 else magnitude
+
+        # depression: rows of axons with an event, using post-traces before this step's spikes
+        for axon in np.flatnonzero(s.pre_event & s.plastic):
+            row = s.weights[axon]
+            for neuron in range(self.shape.neurons):
+                dw = amount(c.a_minus, s.post_trace[neuron], neuron % lanes)
+                row[neuron] = min(max(row[neuron] - dw, c.w_min), c.w_max)
+        s.pre_trace = np.where(s.pre_event, np.minimum(s.pre_trace + c.pre_increment, TRACE_MAX), s.pre_trace)
+        # potentiation: columns of neurons that fired, using pre-traces including this step's events
+        for neuron in np.flatnonzero(fired):
+            lane = neuron % lanes
+            for axon in np.flatnonzero(s.plastic):
+                dw = amount(c.a_plus, s.pre_trace[axon], lane)
+                s.weights[axon, neuron] = min(max(s.weights[axon, neuron] + dw, c.w_min), c.w_max)
+        s.post_trace = np.where(fired, np.minimum(s.post_trace + c.post_increment, TRACE_MAX), s.post_trace)
