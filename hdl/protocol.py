@@ -16,6 +16,7 @@ __all__ = [
     "EventKind", "Event", "RouteKind", "RouteEntry", "RoutePointer",
     "ResetMode", "signed_range", "unsigned_range",
     "MemorySpace", "ProfileField", "StateField", "CoreRegister", "StdpField", "MemRequest",
+    "Counter", "ChipRegister", "InputEvent",
 ]
 
 # --- Numeric widths of the neuron datapath (docs/semantics.md) -------------------------------
@@ -104,6 +105,8 @@ class MemorySpace(enum.Enum, shape=4):
     STDP = 7            #: addr = StdpField; per-core learning parameters
     TRACE = 8           #: addr = axon (pre-trace) or axons + neuron (post-trace)
     PLASTIC = 9         #: addr = axon; data = 1 if that axon's synapses learn
+    COUNTER = 10        #: chip-level, read-only; addr = Counter
+    CHIP = 11           #: chip-level registers; addr = ChipRegister
 
 
 class ProfileField(enum.Enum, shape=3):
@@ -143,6 +146,30 @@ class StdpField(enum.Enum, shape=4):
     REWARD = 10
 
 
+class Counter(enum.Enum, shape=4):
+    """Chip-level event counters (32-bit, wrapping), readable through MemorySpace.COUNTER."""
+    STEPS = 0           #: time steps completed
+    INPUT_EVENTS = 1    #: host input events delivered to axons
+    ROUTED_EVENTS = 2   #: spikes routed core -> axon
+    SPIKES = 3          #: neurons that fired
+    HOST_SPIKES = 4     #: spike events sent to the host output
+    LATE_INPUTS = 5     #: input events tagged with a step already past: dropped, counted here
+    OUTPUT_STALLS = 6   #: cycles the host output stream back-pressured the chip
+
+
+class ChipRegister(enum.Enum, shape=4):
+    STEP = 0            #: the current time step (the next to run), read-only
+    LEARNING = 1        #: 1 = learning phase enabled (global)
+    REWARD = 2          #: signed 8-bit third factor of STDP
+
+
+class InputEvent(data.Struct):
+    """A host input event: deliver to (core, axon) in time step `step` (low 16 bits of it)."""
+    axon: INDEX_BITS
+    core: CORE_BITS
+    step: 16
+
+
 class MemRequest(data.Struct):
     """A read or write of one 32-bit word of one memory of one core (or of the router)."""
     addr: 24
@@ -153,3 +180,52 @@ class MemRequest(data.Struct):
 
 
 # --- The host link (frames, commands, status codes): docs/protocol.md -----------------------
+__all__ += [
+    "LINK_VERSION", "LINK_MAX_PAYLOAD", "LINK_HEADER_BYTES", "LINK_CRC_BYTES", "LINK_MEM_HEADER_BYTES",
+    "LINK_INPUT_EVENT_BYTES", "LINK_EVENT_BYTES", "LINK_MAX_WRITE_WORDS", "LINK_MAX_READ_WORDS",
+    "LINK_MAX_INJECT_EVENTS", "LINK_MAX_OUTPUT_EVENTS", "LINK_IDENTIFY_BYTES", "LinkCommand", "LinkStatus",
+]
+
+# Wire format (all multi-byte fields little-endian):
+#   0x00, COBS(seq u8, command u8, payload..., CRC-32 u32 over seq..payload), 0x00
+# A reply frame echoes `seq` and carries a LinkStatus byte where the command byte was.
+
+LINK_VERSION = 1            #: identify reply `version`; bumped on any wire-format change
+LINK_MAX_PAYLOAD = 1024     #: largest payload (bytes) of a request or a reply frame
+LINK_HEADER_BYTES = 2       #: seq + command (or status)
+LINK_CRC_BYTES = 4          #: CRC-32 (IEEE 802.3, zlib.crc32), little-endian
+LINK_MEM_HEADER_BYTES = 8   #: space u8, core u8, count u16, addr u32
+LINK_INPUT_EVENT_BYTES = 5  #: step u16, core u8, axon u16
+LINK_EVENT_BYTES = 4        #: one Event, its 32 bits little-endian
+#: the most words one WRITE_MEMORY frame carries
+LINK_MAX_WRITE_WORDS = (LINK_MAX_PAYLOAD - LINK_MEM_HEADER_BYTES) // 4
+#: the most words one READ_MEMORY reply carries
+LINK_MAX_READ_WORDS = LINK_MAX_PAYLOAD // 4
+#: the most events one INJECT frame carries
+LINK_MAX_INJECT_EVENTS = LINK_MAX_PAYLOAD // LINK_INPUT_EVENT_BYTES
+#: the most events one READ_OUTPUT reply carries
+LINK_MAX_OUTPUT_EVENTS = LINK_MAX_PAYLOAD // LINK_EVENT_BYTES
+LINK_IDENTIFY_BYTES = 24    #: identify reply payload (docs/protocol.md)
+
+
+class LinkCommand(enum.Enum, shape=8):
+    """The command byte of a request frame (payloads: docs/protocol.md)."""
+    IDENTIFY = 0x01         #: no payload; reply: version and chip shape
+    WRITE_MEMORY = 0x02     #: space, core, count, addr, count words; reply: empty
+    READ_MEMORY = 0x03      #: space, core, count, addr; reply: count words
+    INJECT = 0x04           #: InputEvent list; reply: empty
+    RUN = 0x05              #: steps u32; reply: empty
+    READ_OUTPUT = 0x06      #: max events u16; reply: up to that many Events
+    RESET = 0x07            #: no payload; forgets the stored reply (sequence state)
+
+
+class LinkStatus(enum.Enum, shape=8):
+    """The status byte of a reply frame."""
+    ACK = 0x00              #: executed; the payload is the command's result
+    BAD_CRC = 0x01          #: CRC mismatch; seq echoed as received (it may be corrupt)
+    BAD_FRAMING = 0x02      #: body shorter than seq + command + CRC
+    TOO_LONG = 0x03         #: body longer than the receive buffer; rest discarded
+    UNKNOWN_COMMAND = 0x04  #: command byte is not a LinkCommand
+    BAD_LENGTH = 0x05       #: payload length does not match the command
+    OUT_OF_RANGE = 0x06     #: a field (space, core, count, addr, axon) is out of range
+    BUSY = 0x07             #: the chip cannot take this command now (memory write while running)

@@ -22,9 +22,29 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from neurofabric.hdl.protocol import (
-    ACC_BITS, DECAY_BITS, DECAY_ONE, LFSR_BITS, LFSR_TAPS, PROFILE_COUNT, REFRACTORY_BITS,
-    STATE_BITS, STDP_SHIFT_MAX, TRACE_BITS, WEIGHT_BITS, WEIGHT_EXP_MAX, ResetMode,
-    signed_range, unsigned_range,
+    ACC_BITS,
+    DECAY_BITS,
+    DECAY_ONE,
+    LFSR_BITS,
+    LFSR_TAPS,
+    PROFILE_COUNT,
+    REFRACTORY_BITS,
+    STATE_BITS,
+    STDP_SHIFT_MAX,
+    TRACE_BITS,
+    WEIGHT_BITS,
+    WEIGHT_EXP_MAX,
+    ChipRegister,
+    CoreRegister,
+    Counter,
+    MemorySpace,
+    ProfileField,
+    ResetMode,
+    RouteKind,
+    StateField,
+    StdpField,
+    signed_range,
+    unsigned_range,
 )
 
 __all__ = [
@@ -36,6 +56,8 @@ STATE_MIN, STATE_MAX = signed_range(STATE_BITS)
 ACC_MIN, ACC_MAX = signed_range(ACC_BITS)
 WEIGHT_MIN, WEIGHT_MAX = signed_range(WEIGHT_BITS)
 TRACE_MAX = unsigned_range(TRACE_BITS)[1]
+ROUTE_COUNT_MAX = 255
+WORD_MASK = (1 << 32) - 1
 
 
 class ModelError(ValueError):
@@ -66,6 +88,12 @@ def check_array(name, values, shape, lo, hi):
         bad = array[(array < lo) | (array > hi)].flat[0]
         raise ModelError(f"{name} contains {int(bad)}, out of range: allowed [{lo}, {hi}]")
     return array
+
+
+def _replace(config, name, value):
+    """A frozen config with one field changed, validated by its own constructor."""
+    from dataclasses import replace
+    return replace(config, **{name: value})
 
 
 def saturate(x, bits):
@@ -185,7 +213,8 @@ class CoreState:
     pre_trace: np.ndarray
     post_trace: np.ndarray
     plastic: np.ndarray
-    stdp: StdpConfig | None
+    stdp: StdpConfig
+    learning: bool
     lfsr: list
     pre_event: np.ndarray = field(default=None)
 
@@ -202,10 +231,14 @@ class ChipModel:
         self.reward = 1
         self.learning = True
         self.cores = [self._fresh_core() for _ in range(shape.cores)]
-        self.routes = {}            # (core, neuron) -> tuple of Route
+        # route tables exactly as the router holds them: a (base, count) pointer per source
+        # neuron (index core * neurons + neuron) and a flat list of Route entries
+        self.route_base = np.zeros(shape.cores * shape.neurons, dtype=np.int64)
+        self.route_count = np.zeros(shape.cores * shape.neurons, dtype=np.int64)
+        self.route_entries = [Route()] * shape.route_entries
         self._pending = []          # events routed to the next step: (core, axon)
         self._inputs = {}           # step -> list of (core, axon) injected by the host
-        self.counters = {"events": 0, "spikes": 0, "host_spikes": 0, "steps": 0}
+        self.counters = {c: 0 for c in Counter}
 
     def _fresh_core(self):
         s = self.shape
@@ -215,8 +248,8 @@ class ChipModel:
             bias=zeros_n(), profile=zeros_n(), profiles=[NeuronProfile()] * PROFILE_COUNT,
             u=zeros_n(), v=zeros_n(), refractory=zeros_n(), theta=zeros_n(), acc=zeros_n(),
             pre_trace=np.zeros(s.axons, dtype=np.int64), post_trace=zeros_n(),
-            plastic=np.zeros(s.axons, dtype=bool), stdp=None,
-            lfsr=[lfsr_seed(1, lane) for lane in range(s.lanes)],
+            plastic=np.zeros(s.axons, dtype=bool), stdp=StdpConfig(), learning=False,
+            lfsr=[lfsr_seed(StdpConfig().seed, lane) for lane in range(s.lanes)],
             pre_event=np.zeros(s.axons, dtype=bool))
 
     # --- configuration -----------------------------------------------------------------------
@@ -257,12 +290,13 @@ class ChipModel:
             raise ModelError(f"config must be a StdpConfig or None, not {config!r}")
         mask = np.ones(self.shape.axons, dtype=bool) if plastic is None else check_array(
             "plastic", plastic, (self.shape.axons,), 0, 1).astype(bool)
-        state.stdp, state.plastic = config, mask & (config is not None)
-        seed = 1 if config is None else config.seed
-        state.lfsr = [lfsr_seed(seed, lane) for lane in range(self.shape.lanes)]
+        state.learning, state.plastic = config is not None, mask
+        state.stdp = config or StdpConfig()
+        state.lfsr = [lfsr_seed(state.stdp.seed, lane) for lane in range(self.shape.lanes)]
 
     def set_routes(self, routes):
-        """Replace the route table: {(core, neuron): [Route, ...]}; checked against the table size."""
+        """Replace the route table: {(core, neuron): [Route, ...]}. Entries are laid out
+        contiguously in (core, neuron) order, as the host compiler does."""
         table, total = {}, 0
         for (core, neuron), entries in routes.items():
             check_int("route source core", core, 0, self.shape.cores - 1)
@@ -274,14 +308,29 @@ class ChipModel:
                 if not r.host:
                     check_int("route destination core", r.core, 0, self.shape.cores - 1)
                     check_int("route destination axon", r.axon, 0, self.shape.axons - 1)
-            if len(entries) > 255:
-                raise ModelError(f"neuron ({core}, {neuron}) has {len(entries)} routes, allowed 0..255")
+            if len(entries) > ROUTE_COUNT_MAX:
+                raise ModelError(f"neuron ({core}, {neuron}) has {len(entries)} routes, "
+                                 f"allowed 0..{ROUTE_COUNT_MAX}")
             total += len(entries)
             if entries:
                 table[(int(core), int(neuron))] = entries
         if total > self.shape.route_entries:
             raise ModelError(f"route table needs {total} entries, allowed 0..{self.shape.route_entries}")
-        self.routes = table
+        self.route_base[:] = 0
+        self.route_count[:] = 0
+        self.route_entries = [Route()] * self.shape.route_entries
+        base = 0
+        for (core, neuron), entries in sorted(table.items()):
+            source = core * self.shape.neurons + neuron
+            self.route_base[source], self.route_count[source] = base, len(entries)
+            self.route_entries[base:base + len(entries)] = entries
+            base += len(entries)
+
+    def routes_of(self, core, neuron):
+        """The route entries of source neuron (core, neuron), in table order."""
+        source = core * self.shape.neurons + neuron
+        base, count = int(self.route_base[source]), int(self.route_count[source])
+        return [self.route_entries[i % self.shape.route_entries] for i in range(base, base + count)]
 
     def set_reward(self, reward):
         """The third factor multiplying every STDP update (signed 8-bit; 1 = plain STDP)."""
@@ -303,10 +352,162 @@ class ChipModel:
                 getattr(s, name)[:] = 0
             s.pre_trace[:] = 0
             s.pre_event[:] = False
-            seed = 1 if s.stdp is None else s.stdp.seed
-            s.lfsr = [lfsr_seed(seed, lane) for lane in range(self.shape.lanes)]
+            s.lfsr = [lfsr_seed(s.stdp.seed, lane) for lane in range(self.shape.lanes)]
         self._pending, self._inputs = [], {}
         self.step_count = 0
+
+    # --- the memory map (hdl/protocol.py MemorySpace; docs/protocol.md) ----------------------
+    def _address(self, space, core, addr, count):
+        """Validate a word range of one memory; return its size."""
+        s = self.shape
+        if not isinstance(space, MemorySpace):
+            raise ModelError(f"space must be a MemorySpace, not {space!r}")
+        sizes = {
+            MemorySpace.WEIGHT: s.axons * s.neurons, MemorySpace.NEURON: s.neurons,
+            MemorySpace.PROFILE: PROFILE_COUNT * 8, MemorySpace.STATE: s.neurons * 4,
+            MemorySpace.CORE: len(CoreRegister), MemorySpace.ROUTE_POINTER: s.cores * s.neurons,
+            MemorySpace.ROUTE_ENTRY: s.route_entries, MemorySpace.STDP: len(StdpField),
+            MemorySpace.TRACE: s.axons + s.neurons, MemorySpace.PLASTIC: s.axons,
+            MemorySpace.COUNTER: len(Counter), MemorySpace.CHIP: len(ChipRegister),
+        }
+        check_int("core", core, 0, s.cores - 1)
+        size = sizes[space]
+        check_int("count", count, 0, size)
+        check_int("addr", addr, 0, size - count)
+        return size
+
+    def write_words(self, space, core, addr, words):
+        """Write 32-bit words into memory `space` of `core` from `addr` on. Every field is
+        checked against its range (ModelError); a rejected write changes nothing."""
+        words = [int(w) for w in words]
+        self._address(space, core, addr, len(words))
+        if space in (MemorySpace.COUNTER,) or (space is MemorySpace.CHIP and addr == ChipRegister.STEP.value):
+            raise ModelError(f"{space.name} address {addr} is read-only")
+        snapshot = self._snapshot(space, core)
+        try:
+            for offset, word in enumerate(words):
+                self._write_word(space, core, addr + offset, word)
+        except ModelError:
+            self._restore(space, core, snapshot)
+            raise
+
+    def read_words(self, space, core, addr, count):
+        """Read `count` words of memory `space` of `core` (signed fields sign-extended)."""
+        self._address(space, core, addr, count)
+        return np.array([self._read_word(space, core, addr + i) for i in range(count)], dtype=np.int64)
+
+    def _snapshot(self, space, core):
+        c = self.cores[core]
+        return (c.weights.copy(), c.bias.copy(), c.profile.copy(), list(c.profiles), c.u.copy(), c.v.copy(),
+                c.refractory.copy(), c.theta.copy(), c.weight_exp, c.learning, c.stdp, list(c.lfsr),
+                c.pre_trace.copy(), c.post_trace.copy(), c.plastic.copy(), self.route_base.copy(),
+                self.route_count.copy(), list(self.route_entries), self.learning, self.reward)
+
+    def _restore(self, space, core, snap):
+        c = self.cores[core]
+        (c.weights, c.bias, c.profile, c.profiles, c.u, c.v, c.refractory, c.theta, c.weight_exp, c.learning,
+         c.stdp, c.lfsr, c.pre_trace, c.post_trace, c.plastic, self.route_base, self.route_count,
+         self.route_entries, self.learning, self.reward) = snap
+
+    @staticmethod
+    def _signed(word, bits):
+        word &= (1 << bits) - 1
+        return word - (1 << bits) if word >> (bits - 1) else word
+
+    def _write_word(self, space, core, addr, word):
+        c, n = self.cores[core], self.shape.neurons
+        if space is MemorySpace.WEIGHT:
+            c.weights[addr // n, addr % n] = check_int("weight", word, WEIGHT_MIN, WEIGHT_MAX)
+        elif space is MemorySpace.NEURON:
+            word &= WORD_MASK
+            check_int("neuron word bits 31..27", word >> 27, 0, 0)
+            c.bias[addr] = self._signed(word, STATE_BITS)
+            c.profile[addr] = (word >> STATE_BITS) & (PROFILE_COUNT - 1)
+        elif space is MemorySpace.PROFILE:
+            index, field_ = addr // 8, ProfileField(addr % 8)
+            name = field_.name.lower()
+            value = ResetMode(check_int("reset_mode", word, 0, 1)) if field_ is ProfileField.RESET_MODE else word
+            profiles = list(c.profiles)
+            profiles[index] = _replace(profiles[index], name, value)
+            c.profiles = profiles
+        elif space is MemorySpace.STATE:
+            field_ = StateField(addr % 4)
+            target = {StateField.U: c.u, StateField.V: c.v, StateField.REFRACTORY: c.refractory,
+                      StateField.THETA: c.theta}[field_]
+            lo, hi = ((0, (1 << REFRACTORY_BITS) - 1) if field_ is StateField.REFRACTORY
+                      else (0, STATE_MAX) if field_ is StateField.THETA else (STATE_MIN, STATE_MAX))
+            target[addr // 4] = check_int(f"state {field_.name.lower()}", word, lo, hi)
+        elif space is MemorySpace.CORE:
+            if addr == CoreRegister.WEIGHT_EXP.value:
+                c.weight_exp = check_int("weight_exp", word, 0, WEIGHT_EXP_MAX)
+            else:
+                c.learning = bool(check_int("learning", word, 0, 1))
+        elif space is MemorySpace.ROUTE_POINTER:
+            word &= WORD_MASK
+            check_int("route pointer bits 31..24", word >> 24, 0, 0)
+            self.route_base[addr], self.route_count[addr] = word & 0xFFFF, (word >> 16) & 0xFF
+        elif space is MemorySpace.ROUTE_ENTRY:
+            word &= WORD_MASK
+            axon, dest, chip, kind = word & 0xFFFF, (word >> 16) & 0xFF, (word >> 24) & 0x3F, (word >> 30) & 1
+            check_int("route entry bit 31", word >> 31, 0, 0)
+            check_int("route entry chip", chip, 0, 0)
+            if kind == RouteKind.HOST.value:
+                self.route_entries[addr] = Route(host=True)
+            else:
+                self.route_entries[addr] = Route(core=check_int("route destination core", dest, 0, self.shape.cores - 1),
+                                                 axon=check_int("route destination axon", axon, 0, self.shape.axons - 1))
+        elif space is MemorySpace.STDP:
+            field_ = StdpField(addr)
+            if field_ is StdpField.REWARD:
+                self.set_reward(word)
+            else:
+                c.stdp = _replace(c.stdp, field_.name.lower(), word)
+                if field_ is StdpField.SEED:
+                    c.lfsr = [lfsr_seed(c.stdp.seed, lane) for lane in range(self.shape.lanes)]
+        elif space is MemorySpace.TRACE:
+            value = check_int("trace", word, 0, TRACE_MAX)
+            if addr < self.shape.axons:
+                c.pre_trace[addr] = value
+            else:
+                c.post_trace[addr - self.shape.axons] = value
+        elif space is MemorySpace.PLASTIC:
+            c.plastic[addr] = bool(check_int("plastic", word, 0, 1))
+        elif space is MemorySpace.CHIP:
+            if addr == ChipRegister.LEARNING.value:
+                self.learning = bool(check_int("learning", word, 0, 1))
+            else:
+                self.set_reward(word)
+
+    def _read_word(self, space, core, addr):
+        c, n = self.cores[core], self.shape.neurons
+        if space is MemorySpace.WEIGHT:
+            return c.weights[addr // n, addr % n]
+        if space is MemorySpace.NEURON:
+            return (int(c.bias[addr]) & ((1 << STATE_BITS) - 1)) | int(c.profile[addr]) << STATE_BITS
+        if space is MemorySpace.PROFILE:
+            value = getattr(c.profiles[addr // 8], ProfileField(addr % 8).name.lower())
+            return value.value if isinstance(value, ResetMode) else value
+        if space is MemorySpace.STATE:
+            return (c.u, c.v, c.refractory, c.theta)[addr % 4][addr // 4]
+        if space is MemorySpace.CORE:
+            return c.weight_exp if addr == CoreRegister.WEIGHT_EXP.value else int(c.learning)
+        if space is MemorySpace.ROUTE_POINTER:
+            return int(self.route_base[addr]) | int(self.route_count[addr]) << 16
+        if space is MemorySpace.ROUTE_ENTRY:
+            r = self.route_entries[addr]
+            return RouteKind.HOST.value << 30 if r.host else r.axon | r.core << 16
+        if space is MemorySpace.STDP:
+            field_ = StdpField(addr)
+            return self.reward if field_ is StdpField.REWARD else getattr(c.stdp, field_.name.lower())
+        if space is MemorySpace.TRACE:
+            return c.pre_trace[addr] if addr < self.shape.axons else c.post_trace[addr - self.shape.axons]
+        if space is MemorySpace.PLASTIC:
+            return int(c.plastic[addr])
+        if space is MemorySpace.COUNTER:
+            return self.counters[Counter(addr)] & WORD_MASK
+        if space is MemorySpace.CHIP:
+            return (self.step_count & WORD_MASK, int(self.learning), self.reward)[addr]
+        raise AssertionError(space)
 
     # --- running -----------------------------------------------------------------------------
     def inject(self, step, events):
@@ -327,7 +528,8 @@ class ChipModel:
     def step(self):
         """One time step; returns this step's host spikes as (step, core, neuron)."""
         t = self.step_count
-        events = self._pending + self._inputs.pop(t, [])
+        routed = self._pending
+        events = routed + self._inputs.pop(t, [])
         self._pending = []
         # (1) integrate
         for s in self.cores:
@@ -336,26 +538,27 @@ class ChipModel:
             s = self.cores[core]
             s.acc = np.clip(s.acc + s.weights[axon], ACC_MIN, ACC_MAX)
             s.pre_event[axon] = True
-        self.counters["events"] += len(events)
+        self.counters[Counter.INPUT_EVENTS] += len(events) - len(routed)
+        self.counters[Counter.ROUTED_EVENTS] += len(routed)
         # (2) update, (3) learn
         spikes = []
         for s in self.cores:
             fired = self._update(s)
-            if self.learning and s.stdp is not None:
+            if self.learning and s.learning:
                 self._learn(s, fired)
             spikes.append(fired)
         # (4) route
         out = []
         for core, fired in enumerate(spikes):
             for neuron in np.flatnonzero(fired):
-                self.counters["spikes"] += 1
-                for r in self.routes.get((core, int(neuron)), ()):
+                self.counters[Counter.SPIKES] += 1
+                for r in self.routes_of(core, int(neuron)):
                     if r.host:
                         out.append((t, core, int(neuron)))
                     else:
                         self._pending.append((r.core, r.axon))
-        self.counters["host_spikes"] += len(out)
-        self.counters["steps"] += 1
+        self.counters[Counter.HOST_SPIKES] += len(out)
+        self.counters[Counter.STEPS] += 1
         self.step_count += 1
         return out
 

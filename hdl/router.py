@@ -1,0 +1,329 @@
+"""The AER spike router: fans each core's spikes out through the route table.
+
+Every neuron that fires leaves its core as one event on that core's ``spike_out`` stream. The
+router looks the source neuron up in the route table (a :class:`RoutePointer` per source neuron,
+naming a contiguous run of :class:`RouteEntry` words) and emits one event per entry: to an axon
+of a core (for that core's next update) or to the host (a SPIKE event naming the source).
+
+Datapath (docs/router.md)::
+
+    spikes[c] -> spike FIFO[c] -> round-robin arbiter -> pointer read -> entry expander
+              -> entry read -> dispatch -> axon FIFO[core] -> axons[core]
+                                        -> host FIFO       -> host
+
+Every stage is valid/ready with back-pressure; nothing is ever dropped. Writes to the route table
+are range-checked on the way in (a write naming a core, axon or entry that does not exist is
+refused), so every entry the pipeline reads names a real destination.
+"""
+
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal
+from amaranth.lib import data, fifo, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from neurofabric.hdl.protocol import (
+    Event, EventKind, MemorySpace, MemRequest, RouteEntry, RouteKind, RoutePointer,
+)
+
+__all__ = ["RoundRobinArbiter", "Router", "MEM_OK", "MEM_REFUSED"]
+
+#: Response word of an accepted write.
+MEM_OK = 0
+#: Response word of a refused write (a field out of range, or an address past the memory).
+MEM_REFUSED = 1
+
+
+class RoundRobinArbiter(wiring.Component):
+    """Round-robin arbiter over `count` requesters.
+
+    ``grant`` names the first requester after the last one served (cyclically), and is valid
+    whenever ``valid`` (some request) is high; it is combinational. Pulse ``advance`` in a cycle
+    in which the granted requester is served: the search then starts after it. A requester that
+    keeps requesting is granted after at most ``count - 1`` other grants (no starvation).
+    Requests must stay up until served (stream rules).
+    """
+
+    def __init__(self, count):
+        if not isinstance(count, int) or count < 1:
+            raise ValueError(f"count = {count!r} is out of range: allowed integers >= 1")
+        self.count = count
+        super().__init__({
+            "requests": In(count),
+            "grant": Out(range(count)),
+            "valid": Out(1),
+            "advance": In(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        count = self.count
+        # The last requester served; the first search starts at requester 0.
+        last = Signal(range(count), init=count - 1)
+        m.d.comb += self.valid.eq(self.requests.any())
+        if count == 1:
+            return m
+        with m.Switch(last):
+            for previous in range(count):
+                with m.Case(previous):
+                    order = [(previous + offset) % count for offset in range(1, count + 1)]
+                    # the highest-priority request wins: assign in reverse priority order
+                    for candidate in reversed(order):
+                        with m.If(self.requests[candidate]):
+                            m.d.comb += self.grant.eq(candidate)
+        with m.If(self.advance & self.valid):
+            m.d.sync += last.eq(self.grant)
+        return m
+
+
+class Router(wiring.Component):
+    """The chip's AER router for a :class:`~neurofabric.host.model.ChipShape`.
+
+    Ports:
+
+    - ``spikes[c]``: the neurons core ``c`` fired (its ``spike_out``).
+    - ``axons[c]``: axon events for core ``c`` (its ``axon_in``).
+    - ``host``: SPIKE events for the host (``core``/``index`` name the source neuron).
+    - ``mem``/``mem_resp``: the route table, ``MemorySpace.ROUTE_POINTER`` (addr = core *
+      neurons + neuron) and ``ROUTE_ENTRY`` (addr = entry index); one response per request,
+      one cycle after acceptance at the earliest. Reads return the stored bits (0 past the end);
+      writes answer :data:`MEM_OK`, or :data:`MEM_REFUSED` without writing when the address is
+      past the memory, a pointer's ``base + count`` exceeds the table, or an axon entry names a
+      core or axon that does not exist.
+    - ``busy``: an event is somewhere inside (FIFOs or pipeline). Low for one cycle means the
+      router is empty; it rises the cycle after a spike is accepted.
+    - ``spike_taken``, ``axon_sent``, ``host_sent``: 1-cycle pulses for the chip's counters
+      (a spike entered the pipeline; an entry went to an axon FIFO; an entry went to the host FIFO).
+
+    Throughput: one route entry per cycle, and one source spike per cycle while each has at most
+    one entry; latency from ``spikes`` to ``axons`` is 5 cycles when nothing is stalled.
+    """
+
+    def __init__(self, shape, *, spike_fifo_depth=4, axon_fifo_depth=8, host_fifo_depth=8):
+        for name, depth in (("spike_fifo_depth", spike_fifo_depth), ("axon_fifo_depth", axon_fifo_depth),
+                            ("host_fifo_depth", host_fifo_depth)):
+            if not isinstance(depth, int) or not 2 <= depth <= 4096:
+                raise ValueError(f"{name} = {depth!r} is out of range: allowed integers 2..4096")
+        self.shape = shape
+        self.spike_fifo_depth = spike_fifo_depth
+        self.axon_fifo_depth = axon_fifo_depth
+        self.host_fifo_depth = host_fifo_depth
+        super().__init__({
+            "spikes": In(stream.Signature(range(shape.neurons))).array(shape.cores),
+            "axons": Out(stream.Signature(range(shape.axons))).array(shape.cores),
+            "host": Out(stream.Signature(Event)),
+            "mem": In(stream.Signature(MemRequest)),
+            "mem_resp": Out(stream.Signature(32)),
+            "busy": Out(1),
+            "spike_taken": Out(1),
+            "axon_sent": Out(1),
+            "host_sent": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        shape = self.shape
+        cores, neurons = shape.cores, shape.neurons
+        pointer_depth = cores * neurons
+
+        m.submodules.route_pointer = route_pointer = Memory(
+            shape=RoutePointer, depth=pointer_depth, init=[])
+        m.submodules.route_entry = route_entry = Memory(
+            shape=RouteEntry, depth=shape.route_entries, init=[])
+        pointer_port = route_pointer.read_port()
+        entry_port = route_entry.read_port()
+        pointer_host_port = route_pointer.read_port()
+        entry_host_port = route_entry.read_port()
+        pointer_write = route_pointer.write_port()
+        entry_write = route_entry.write_port()
+
+        # --- input stage: one FIFO per core, round-robin arbiter -------------------------------
+        spike_fifos = []
+        for c in range(cores):
+            f = fifo.SyncFIFOBuffered(width=len(self.spikes[c].payload), depth=self.spike_fifo_depth)
+            m.submodules[f"spike_fifo_{c}"] = f
+            wiring.connect(m, wiring.flipped(self.spikes[c]), f.w_stream)
+            spike_fifos.append(f)
+        m.submodules.arbiter = arbiter = RoundRobinArbiter(cores)
+        m.d.comb += arbiter.requests.eq(Cat(f.r_rdy for f in spike_fifos))
+
+        # --- pointer stage ----------------------------------------------------------------------
+        p_valid = Signal()
+        p_core = Signal(range(cores))
+        p_neuron = Signal(range(neurons))
+        # --- expander: walks base .. base + count - 1 -----------------------------------------
+        x_core = Signal(range(cores))
+        x_neuron = Signal(range(neurons))
+        x_addr = Signal(range(shape.route_entries))
+        x_remaining = Signal(9)
+        # --- entry stage (entry_port.data is valid while e_valid) -----------------------------
+        e_valid = Signal()
+        e_core = Signal(range(cores))
+        e_neuron = Signal(range(neurons))
+
+        entry = RouteEntry(entry_port.data)
+        is_host = entry.kind == RouteKind.HOST
+
+        # output FIFOs
+        axon_fifos = []
+        for c in range(cores):
+            f = fifo.SyncFIFOBuffered(width=len(self.axons[c].payload), depth=self.axon_fifo_depth)
+            m.submodules[f"axon_fifo_{c}"] = f
+            wiring.connect(m, f.r_stream, wiring.flipped(self.axons[c]))
+            axon_fifos.append(f)
+        host_fifo = fifo.SyncFIFOBuffered(width=len(self.host.payload.as_value()), depth=self.host_fifo_depth)
+        m.submodules.host_fifo = host_fifo
+        wiring.connect(m, host_fifo.r_stream, wiring.flipped(self.host))
+
+        axon_ready = Array(f.w_rdy for f in axon_fifos)
+        dispatch_ready = Mux(is_host, host_fifo.w_rdy, axon_ready[entry.core])
+        dispatch = e_valid & dispatch_ready
+        e_ready = ~e_valid | dispatch_ready
+        for c, f in enumerate(axon_fifos):
+            m.d.comb += [
+                f.w_data.eq(entry.axon),
+                f.w_en.eq(e_valid & ~is_host & (entry.core == c)),
+            ]
+        host_event = Event.const({"kind": EventKind.SPIKE})
+        m.d.comb += [
+            host_fifo.w_data.eq(Cat(e_neuron, Const(0, Event.index.width - len(e_neuron)) if
+                                    Event.index.width > len(e_neuron) else Cat(),
+                                    e_core).as_unsigned() | host_event.as_bits()),
+            host_fifo.w_en.eq(e_valid & is_host),
+        ]
+
+        issue = (x_remaining != 0) & e_ready
+        x_can_load = (x_remaining == 0) | ((x_remaining == 1) & issue)
+        pointer = RoutePointer(pointer_port.data)
+        take_pointer = p_valid & x_can_load
+        p_ready = ~p_valid | x_can_load
+
+        grant_neuron = Array(f.r_data for f in spike_fifos)[arbiter.grant]
+        grant = arbiter.valid & p_ready
+        for c, f in enumerate(spike_fifos):
+            m.d.comb += f.r_en.eq(grant & (arbiter.grant == c))
+        m.d.comb += arbiter.advance.eq(grant)
+
+        if neurons & (neurons - 1) == 0:
+            grant_address = Cat(grant_neuron[:ceil_log2(neurons)], arbiter.grant)
+        else:
+            grant_address = arbiter.grant * neurons + grant_neuron
+        m.d.comb += [
+            pointer_port.addr.eq(grant_address),
+            pointer_port.en.eq(p_ready),
+        ]
+        with m.If(p_ready):
+            m.d.sync += [
+                p_valid.eq(grant),
+                p_core.eq(arbiter.grant),
+                p_neuron.eq(grant_neuron),
+            ]
+
+        with m.If(take_pointer):
+            m.d.sync += [
+                x_core.eq(p_core),
+                x_neuron.eq(p_neuron),
+                x_addr.eq(pointer.base),
+                x_remaining.eq(pointer.count),
+            ]
+        with m.Elif(issue):
+            m.d.sync += [
+                x_addr.eq(x_addr + 1),
+                x_remaining.eq(x_remaining - 1),
+            ]
+
+        m.d.comb += [
+            entry_port.addr.eq(x_addr),
+            entry_port.en.eq(e_ready),
+        ]
+        with m.If(e_ready):
+            m.d.sync += [
+                e_valid.eq(issue),
+                e_core.eq(x_core),
+                e_neuron.eq(x_neuron),
+            ]
+
+        m.d.comb += [
+            self.spike_taken.eq(grant),
+            self.axon_sent.eq(dispatch & ~is_host),
+            self.host_sent.eq(dispatch & is_host),
+            self.busy.eq(Cat(f.level != 0 for f in spike_fifos + axon_fifos + [host_fifo]).any()
+                         | p_valid | (x_remaining != 0) | e_valid),
+        ]
+
+        # --- route table access -------------------------------------------------------------------
+        request = self.mem.payload
+        resp_valid = Signal()
+        resp_data = Signal(32)
+        read_pending = Signal()
+        read_space = Signal(MemorySpace)
+        read_in_range = Signal()
+        m.d.comb += [
+            self.mem.ready.eq(~resp_valid & ~read_pending),
+            self.mem_resp.valid.eq(resp_valid),
+            self.mem_resp.payload.eq(resp_data),
+            pointer_host_port.addr.eq(request.addr),
+            entry_host_port.addr.eq(request.addr),
+        ]
+        accept = self.mem.valid & self.mem.ready
+        is_pointer = request.mem == MemorySpace.ROUTE_POINTER
+        pointer_in_range = request.addr < pointer_depth
+        entry_in_range = request.addr < shape.route_entries
+        new_pointer = RoutePointer(request.data[:len(RoutePointer.as_shape())])
+        new_entry = RouteEntry(request.data[:len(RouteEntry.as_shape())])
+        pointer_ok = pointer_in_range & (request.data[len(RoutePointer.as_shape()):] == 0) & (
+            new_pointer.base + new_pointer.count <= shape.route_entries)
+        entry_ok = entry_in_range & (request.data[len(RouteEntry.as_shape()):] == 0) & (
+            (new_entry.kind == RouteKind.HOST)
+            | ((new_entry.core < cores) & (new_entry.axon < shape.axons) & (new_entry.chip == 0)))
+        m.d.comb += [
+            pointer_write.addr.eq(request.addr),
+            pointer_write.data.eq(new_pointer),
+            pointer_write.en.eq(accept & request.write & is_pointer & pointer_ok),
+            entry_write.addr.eq(request.addr),
+            entry_write.data.eq(new_entry),
+            entry_write.en.eq(accept & request.write & ~is_pointer & entry_ok),
+        ]
+        with m.If(accept):
+            with m.If(request.write):
+                m.d.sync += [
+                    resp_valid.eq(1),
+                    resp_data.eq(Mux(Mux(is_pointer, pointer_ok, entry_ok), MEM_OK, MEM_REFUSED)),
+                ]
+            with m.Else():
+                m.d.sync += [
+                    read_pending.eq(1),
+                    read_space.eq(request.mem),
+                    read_in_range.eq(Mux(is_pointer, pointer_in_range, entry_in_range)),
+                ]
+        with m.If(read_pending):
+            stored = Mux(read_space == MemorySpace.ROUTE_POINTER,
+                         pointer_host_port.data.as_value(), entry_host_port.data.as_value())
+            m.d.sync += [
+                read_pending.eq(0),
+                resp_valid.eq(1),
+                resp_data.eq(Mux(read_in_range, stored, 0)),
+            ]
+        with m.If(self.mem_resp.valid & self.mem_resp.ready):
+            m.d.sync += resp_valid.eq(0)
+        return m
+
+
+def event_bits(kind, core=0, index=0):
+    """The 32-bit word of an :class:`Event` (for benches and the host)."""
+    return Event.const({"kind": kind, "core": core, "index": index}).as_bits()
+
+
+def route_pointer_bits(base, count):
+    """The data word of a ``ROUTE_POINTER`` write."""
+    return RoutePointer.const({"base": base, "count": count}).as_bits()
+
+
+def route_entry_bits(*, host=False, core=0, axon=0):
+    """The data word of a ``ROUTE_ENTRY`` write."""
+    return RouteEntry.const({"kind": RouteKind.HOST if host else RouteKind.AXON,
+                             "core": core, "axon": axon}).as_bits()
+
+
+__all__ += ["event_bits", "route_pointer_bits", "route_entry_bits"]
+_ = data  # the layouts above are data.Struct views
