@@ -79,6 +79,6 @@ class SkidBuffer(wiring.Component):
             m.d.sync += [skid_payload.eq(self.i_stream.payload), skid_valid.eq(1)]
 
         # The skid register only fills behind a full output register.
-        m.d.comb += Assert(~skid_valid | out_valid, "SkidBuffer: skid register full while output empty")
+        m.d.sync += Assert(~skid_valid | out_valid, "SkidBuffer: skid register full while output empty")
 
         return m

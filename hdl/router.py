@@ -16,17 +16,26 @@ are range-checked on the way in (a write naming a core, axon or entry that does 
 refused), so every entry the pipeline reads names a real destination.
 """
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal
-from amaranth.lib import data, fifo, stream, wiring
+from amaranth.hdl import Array, Cat, Module, Mux, Signal
+from amaranth.lib import fifo, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from neurofabric.hdl.protocol import (
-    Event, EventKind, MemorySpace, MemRequest, RouteEntry, RouteKind, RoutePointer,
+    Event,
+    EventKind,
+    MemorySpace,
+    MemRequest,
+    RouteEntry,
+    RouteKind,
+    RoutePointer,
 )
 
-__all__ = ["RoundRobinArbiter", "Router", "MEM_OK", "MEM_REFUSED"]
+__all__ = [
+    "RoundRobinArbiter", "Router", "MEM_OK", "MEM_REFUSED",
+    "event_bits", "route_pointer_bits", "route_entry_bits",
+]
 
 #: Response word of an accepted write.
 MEM_OK = 0
@@ -171,7 +180,7 @@ class Router(wiring.Component):
             m.submodules[f"axon_fifo_{c}"] = f
             wiring.connect(m, f.r_stream, wiring.flipped(self.axons[c]))
             axon_fifos.append(f)
-        host_fifo = fifo.SyncFIFOBuffered(width=len(self.host.payload.as_value()), depth=self.host_fifo_depth)
+        host_fifo = fifo.SyncFIFOBuffered(width=Event.as_shape().size, depth=self.host_fifo_depth)
         m.submodules.host_fifo = host_fifo
         wiring.connect(m, host_fifo.r_stream, wiring.flipped(self.host))
 
@@ -184,11 +193,12 @@ class Router(wiring.Component):
                 f.w_data.eq(entry.axon),
                 f.w_en.eq(e_valid & ~is_host & (entry.core == c)),
             ]
-        host_event = Event.const({"kind": EventKind.SPIKE})
+        host_event = Signal(Event)
         m.d.comb += [
-            host_fifo.w_data.eq(Cat(e_neuron, Const(0, Event.index.width - len(e_neuron)) if
-                                    Event.index.width > len(e_neuron) else Cat(),
-                                    e_core).as_unsigned() | host_event.as_bits()),
+            host_event.kind.eq(EventKind.SPIKE),
+            host_event.core.eq(e_core),
+            host_event.index.eq(e_neuron),
+            host_fifo.w_data.eq(host_event),
             host_fifo.w_en.eq(e_valid & is_host),
         ]
 
@@ -269,11 +279,11 @@ class Router(wiring.Component):
         is_pointer = request.mem == MemorySpace.ROUTE_POINTER
         pointer_in_range = request.addr < pointer_depth
         entry_in_range = request.addr < shape.route_entries
-        new_pointer = RoutePointer(request.data[:len(RoutePointer.as_shape())])
-        new_entry = RouteEntry(request.data[:len(RouteEntry.as_shape())])
-        pointer_ok = pointer_in_range & (request.data[len(RoutePointer.as_shape()):] == 0) & (
+        new_pointer = RoutePointer(request.data[:RoutePointer.as_shape().size])
+        new_entry = RouteEntry(request.data[:RouteEntry.as_shape().size])
+        pointer_ok = pointer_in_range & (request.data[RoutePointer.as_shape().size:] == 0) & (
             new_pointer.base + new_pointer.count <= shape.route_entries)
-        entry_ok = entry_in_range & (request.data[len(RouteEntry.as_shape()):] == 0) & (
+        entry_ok = entry_in_range & (request.data[RouteEntry.as_shape().size:] == 0) & (
             (new_entry.kind == RouteKind.HOST)
             | ((new_entry.core < cores) & (new_entry.axon < shape.axons) & (new_entry.chip == 0)))
         m.d.comb += [
@@ -324,6 +334,3 @@ def route_entry_bits(*, host=False, core=0, axon=0):
     return RouteEntry.const({"kind": RouteKind.HOST if host else RouteKind.AXON,
                              "core": core, "axon": axon}).as_bits()
 
-
-__all__ += ["event_bits", "route_pointer_bits", "route_entry_bits"]
-_ = data  # the layouts above are data.Struct views

@@ -49,7 +49,7 @@ from neurofabric.hdl.protocol import (
 
 __all__ = [
     "ChipShape", "NeuronProfile", "StdpConfig", "Route", "ChipModel", "ModelError",
-    "saturate", "decay", "lfsr_next", "lfsr_seed",
+    "saturate", "decay", "lfsr_next", "lfsr_seed", "lfsr_draws",
 ]
 
 STATE_MIN, STATE_MAX = signed_range(STATE_BITS)
@@ -112,6 +112,29 @@ def decay(x, d):
 def lfsr_next(state):
     """One step of the 16-bit Galois LFSR (:data:`LFSR_TAPS`), shifting right."""
     return (state >> 1) ^ (LFSR_TAPS if state & 1 else 0)
+
+
+_LFSR_PERIOD = (1 << LFSR_BITS) - 1
+_lfsr_tables = []
+
+
+def lfsr_draws(state, count):
+    """The next `count` states of the LFSR after `state` (an int64 array) and the new state.
+    Uses the precomputed cycle of the maximal-length LFSR, so it is O(count) in numpy."""
+    if not _lfsr_tables:
+        sequence = np.empty(_LFSR_PERIOD, dtype=np.int64)
+        value = 1
+        for i in range(_LFSR_PERIOD):
+            sequence[i] = value
+            value = lfsr_next(value)
+        position = np.zeros(1 << LFSR_BITS, dtype=np.int64)
+        position[sequence] = np.arange(_LFSR_PERIOD)
+        _lfsr_tables.extend((sequence, position))
+    sequence, position = _lfsr_tables
+    if count == 0:
+        return np.zeros(0, dtype=np.int64), state
+    draws = sequence[(position[state] + 1 + np.arange(count)) % _LFSR_PERIOD]
+    return draws, int(draws[-1])
 
 
 def lfsr_seed(seed, lane):
@@ -585,29 +608,41 @@ class ChipModel:
         return fired
 
     def _learn(self, s, fired):
-        """Phase (3) for one core (docs/semantics.md, "Learning")."""
-        c, lanes = s.stdp, self.shape.lanes
+        """Phase (3) for one core (docs/semantics.md, "Learning").
+
+        Order (it fixes which LFSR draw each synapse gets): decay both traces; depress the rows
+        of plastic axons that had an event this step, in ascending axon order, using the
+        post-traces from before this step's spikes; add the pre-trace increments; potentiate the
+        plastic synapses of the neurons that fired, in ascending neuron order, using the
+        pre-traces including this step's events; add the post-trace increments. Synapse
+        (axon, neuron) draws from lane ``neuron % lanes``'s LFSR, one draw per visited synapse."""
+        c, lanes, n = s.stdp, self.shape.lanes, self.shape.neurons
         s.pre_trace = decay(s.pre_trace, c.pre_decay)
         s.post_trace = decay(s.post_trace, c.post_decay)
         mask = (1 << c.shift) - 1
 
-        def amount(a, trace, lane):
-            m = a * int(trace) * self.reward
-            s.lfsr[lane] = lfsr_next(s.lfsr[lane])
-            magnitude = (abs(m) + (s.lfsr[lane] & mask)) >> c.shift
-            return -magnitude if m < 0 else magnitude
+        def amounts(a, traces, draws):
+            m = a * traces * self.reward
+            magnitude = (np.abs(m) + (draws & mask)) >> c.shift
+            return np.where(m < 0, -magnitude, magnitude)
 
-        # depression: rows of axons with an event, using post-traces before this step's spikes
-        for axon in np.flatnonzero(s.pre_event & s.plastic):
-            row = s.weights[axon]
-            for neuron in range(self.shape.neurons):
-                dw = amount(c.a_minus, s.post_trace[neuron], neuron % lanes)
-                row[neuron] = min(max(row[neuron] - dw, c.w_min), c.w_max)
+        rows = np.flatnonzero(s.pre_event & s.plastic)
+        if rows.size:
+            for lane in range(lanes):
+                neurons = np.arange(lane, n, lanes)
+                draws, s.lfsr[lane] = lfsr_draws(s.lfsr[lane], rows.size * neurons.size)
+                dw = amounts(c.a_minus, s.post_trace[neurons][None, :], draws.reshape(rows.size, neurons.size))
+                block = s.weights[np.ix_(rows, neurons)]
+                s.weights[np.ix_(rows, neurons)] = np.clip(block - dw, c.w_min, c.w_max)
         s.pre_trace = np.where(s.pre_event, np.minimum(s.pre_trace + c.pre_increment, TRACE_MAX), s.pre_trace)
-        # potentiation: columns of neurons that fired, using pre-traces including this step's events
-        for neuron in np.flatnonzero(fired):
-            lane = neuron % lanes
-            for axon in np.flatnonzero(s.plastic):
-                dw = amount(c.a_plus, s.pre_trace[axon], lane)
-                s.weights[axon, neuron] = min(max(s.weights[axon, neuron] + dw, c.w_min), c.w_max)
+        columns, axons = np.flatnonzero(fired), np.flatnonzero(s.plastic)
+        if columns.size and axons.size:
+            for lane in range(lanes):
+                neurons = columns[columns % lanes == lane]
+                if not neurons.size:
+                    continue
+                draws, s.lfsr[lane] = lfsr_draws(s.lfsr[lane], neurons.size * axons.size)
+                dw = amounts(c.a_plus, s.pre_trace[axons][None, :], draws.reshape(neurons.size, axons.size))
+                block = s.weights[np.ix_(axons, neurons)]
+                s.weights[np.ix_(axons, neurons)] = np.clip(block + dw.T, c.w_min, c.w_max)
         s.post_trace = np.where(fired, np.minimum(s.post_trace + c.post_increment, TRACE_MAX), s.post_trace)

@@ -23,6 +23,7 @@ from neurofabric.host.model import (
     Route,
     StdpConfig,
     decay,
+    lfsr_draws,
     lfsr_next,
     lfsr_seed,
 )
@@ -304,3 +305,57 @@ def test_state_stays_in_range_under_random_configurations(seed):
         assert (s["pre_trace"] <= 255).all() and (s["post_trace"] <= 255).all()
         w = m.weights(core)
         assert w.min() >= -128 and w.max() <= 127
+
+
+def test_lfsr_draws_match_stepping():
+    state, expected = 0xACE1, []
+    for _ in range(70_000):
+        state = lfsr_next(state)
+        expected.append(state)
+    draws, last = lfsr_draws(0xACE1, 70_000)
+    assert list(draws) == expected and last == expected[-1]
+
+
+def test_stdp_lane_order_matches_a_scalar_reference():
+    """The vectorised learning phase against a synapse-by-synapse loop of the documented order."""
+    rng = np.random.default_rng(3)
+    shape = ChipShape(cores=1, neurons=8, axons=6, lanes=4)
+    m = ChipModel(shape)
+    m.set_weights(0, rng.integers(-60, 60, (6, 8)))
+    m.set_profiles(0, [NeuronProfile(threshold=150, du=2048, dv=1024)])
+    config = StdpConfig(a_plus=37, a_minus=29, shift=7, seed=4321)
+    plastic = np.array([1, 1, 0, 1, 1, 1])
+    m.set_stdp(0, config, plastic=plastic)
+    for t in range(30):
+        m.inject(t, [(0, int(a)) for a in np.flatnonzero(rng.random(6) < 0.4)])
+    w = m.weights(0)
+    pre, post = np.zeros(6, dtype=np.int64), np.zeros(8, dtype=np.int64)
+    lfsr = [lfsr_seed(4321, lane) for lane in range(4)]
+    reference = ChipModel(shape)       # runs the neurons only, learning applied by the loop below
+    reference.set_weights(0, w)
+    reference.set_profiles(0, [NeuronProfile(threshold=150, du=2048, dv=1024)])
+    reference.set_routes({(0, n): [Route(host=True)] for n in range(8)})
+    reference._inputs = {k: list(v) for k, v in m._inputs.items()}
+    for t in range(30):
+        events = {a for _, a in reference._inputs.get(t, [])}
+        reference.cores[0].weights = w.copy()
+        fired = np.zeros(8, dtype=bool)
+        fired[[neuron for _, _, neuron in reference.step()]] = True
+        pre, post = decay(pre, config.pre_decay), decay(post, config.post_decay)
+        for a in sorted(events):
+            if plastic[a]:
+                for n in range(8):
+                    lfsr[n % 4] = lfsr_next(lfsr[n % 4])
+                    mag = (config.a_minus * int(post[n]) + (lfsr[n % 4] & 127)) >> 7
+                    w[a, n] = min(max(w[a, n] - mag, config.w_min), config.w_max)
+        for a in events:
+            pre[a] = min(pre[a] + config.pre_increment, 255)
+        for n in np.flatnonzero(fired):
+            for a in np.flatnonzero(plastic):
+                lfsr[n % 4] = lfsr_next(lfsr[n % 4])
+                mag = (config.a_plus * int(pre[a]) + (lfsr[n % 4] & 127)) >> 7
+                w[a, n] = min(max(w[a, n] + mag, config.w_min), config.w_max)
+        post[fired] = np.minimum(post[fired] + config.post_increment, 255)
+    m.run(30)
+    assert (m.weights(0) == w).all()
+    assert (m.state(0)["pre_trace"] == pre).all() and (m.state(0)["post_trace"] == post).all()
