@@ -24,8 +24,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from neurofabric.hdl.protocol import (
-    DECAY_ONE, REFRACTORY_BITS, STATE_BITS, STDP_SHIFT_MAX, TRACE_BITS, WEIGHT_BITS, ResetMode,
-    signed_range, unsigned_range,
+    DECAY_ONE,
+    REFRACTORY_BITS,
+    STATE_BITS,
+    STDP_SHIFT_MAX,
+    TRACE_BITS,
+    WEIGHT_BITS,
+    ResetMode,
+    signed_range,
+    unsigned_range,
 )
 
 __all__ = [
