@@ -57,6 +57,8 @@ ACC_MIN, ACC_MAX = signed_range(ACC_BITS)
 WEIGHT_MIN, WEIGHT_MAX = signed_range(WEIGHT_BITS)
 TRACE_MAX = unsigned_range(TRACE_BITS)[1]
 ROUTE_COUNT_MAX = 255
+#: events per core per step below which |acc| cannot reach the 24-bit bound (65535 * 128 < 2**23)
+SATURATION_FREE_EVENTS = ACC_MAX // -WEIGHT_MIN
 WORD_MASK = (1 << 32) - 1
 
 
@@ -557,10 +559,21 @@ class ChipModel:
         # (1) integrate
         for s in self.cores:
             s.pre_event[:] = False
+        by_core = [[] for _ in self.cores]
         for core, axon in events:
-            s = self.cores[core]
-            s.acc = np.clip(s.acc + s.weights[axon], ACC_MIN, ACC_MAX)
-            s.pre_event[axon] = True
+            by_core[core].append(axon)
+        for s, axons in zip(self.cores, by_core):
+            if not axons:
+                continue
+            s.pre_event[axons] = True
+            if len(axons) <= SATURATION_FREE_EVENTS:
+                # no partial sum can leave the accumulator's range: the saturating sequential
+                # sum equals the exact sum, whatever the order
+                counts = np.bincount(axons, minlength=self.shape.axons)
+                s.acc = np.clip(s.acc + counts @ s.weights, ACC_MIN, ACC_MAX)
+            else:
+                for axon in axons:
+                    s.acc = np.clip(s.acc + s.weights[axon], ACC_MIN, ACC_MAX)
         self.counters[Counter.INPUT_EVENTS] += len(events) - len(routed)
         self.counters[Counter.ROUTED_EVENTS] += len(routed)
         # (2) update, (3) learn

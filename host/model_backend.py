@@ -1,0 +1,80 @@
+"""The in-process backend: the bit-exact numpy model behind the :class:`Backend` interface.
+
+``Chip.open("model")`` uses it. It applies the chip's memory map with
+:meth:`ChipModel.write_words` / :meth:`ChipModel.read_words`, so host code that runs here runs
+unchanged on the Verilator sim device and on boards, and gives the same spikes.
+"""
+
+import numpy as np
+
+from neurofabric.hdl.protocol import MemorySpace
+from neurofabric.host.backend import Backend, BackendError, ChipInfo
+from neurofabric.host.model import ChipModel, ChipShape
+
+__all__ = ["ModelBackend", "MODEL_VERSION", "DEFAULT_MODEL_SHAPE"]
+
+MODEL_VERSION = 1
+#: The shape ``Chip.open("model")`` builds when none is given.
+DEFAULT_MODEL_SHAPE = ChipShape(cores=4, neurons=256, axons=256, lanes=8, route_entries=4096)
+
+
+class ModelBackend(Backend):
+    """A :class:`ChipModel` behind the backend interface. `shape`: a :class:`ChipShape`
+    (default :data:`DEFAULT_MODEL_SHAPE`), or pass an existing `model`."""
+
+    def __init__(self, shape=None, model=None):
+        if model is not None and shape is not None:
+            raise ValueError("give shape or model, not both")
+        if model is None:
+            model = ChipModel(DEFAULT_MODEL_SHAPE if shape is None else shape)
+        if not isinstance(model, ChipModel):
+            raise ValueError(f"model must be a ChipModel, not {model!r}")
+        self.model = model
+        self._closed = False
+
+    def _check_open(self):
+        if self._closed:
+            raise BackendError("the model backend is closed")
+
+    def identify(self):
+        self._check_open()
+        s = self.model.shape
+        return ChipInfo(version=MODEL_VERSION, cores=s.cores, neurons=s.neurons, axons=s.axons,
+                        lanes=s.lanes, route_entries=s.route_entries, input_queue=1 << 20, build="model")
+
+    def write(self, space, core, addr, words):
+        self._check_open()
+        self.model.write_words(MemorySpace(space), core, addr, np.asarray(words, dtype=np.int64).ravel())
+
+    def read(self, space, core, addr, count):
+        self._check_open()
+        return np.asarray(self.model.read_words(MemorySpace(space), core, addr, count), dtype=np.int64)
+
+    def inject(self, events):
+        self._check_open()
+        events = np.asarray(events, dtype=np.int64)
+        if events.size == 0:
+            return
+        if events.ndim != 2 or events.shape[1] != 3:
+            raise ValueError(f"events has shape {events.shape}, expected (E, 3) rows of (step, core, axon)")
+        steps = events[:, 0]
+        if np.any(np.diff(steps) < 0):
+            raise ValueError("events must be in nondecreasing step order")
+        if steps[0] < self.model.step_count:
+            raise ValueError(f"event step {int(steps[0])} is before the chip's current step {self.model.step_count}")
+        s = self.model.shape
+        for name, column, hi in (("core", 1, s.cores - 1), ("axon", 2, s.axons - 1)):
+            bad = (events[:, column] < 0) | (events[:, column] > hi)
+            if np.any(bad):
+                raise ValueError(f"event {name} {int(events[bad][0, column])} is out of range: allowed [0, {hi}]")
+        bounds = np.flatnonzero(np.diff(steps)) + 1
+        for group in np.split(events, bounds):
+            self.model.inject(int(group[0, 0]), [(int(c), int(a)) for c, a in group[:, 1:]])
+
+    def run(self, steps):
+        self._check_open()
+        out = self.model.run(steps)
+        return np.array(out, dtype=np.int64).reshape(-1, 3)
+
+    def close(self):
+        self._closed = True
