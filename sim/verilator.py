@@ -21,7 +21,7 @@ from pathlib import Path
 
 from amaranth.back import verilog as verilog_backend
 
-from .toolchain import cache_key, cached_build, tool_versions, verilator_env, verilator_root
+from neurofabric.sim.toolchain import cache_key, cached_build, tool_versions, verilator_env, verilator_root
 
 __all__ = [
     "VERILATOR_FLAGS", "MAKE_JOBS", "VerilatorBuildError", "to_verilog", "build_executable",
@@ -49,7 +49,8 @@ def to_verilog(component, name="top", ports=None):
 
 def verilog_cache_key(kind, verilog, top, flags, extra=()):
     """The cache key for a build of `verilog` (str) with top module `top` and Verilator `flags`."""
-    return cache_key(kind, verilog.encode(), top, list(flags), tool_versions(), list(extra))
+    cxxflags = verilator_env()["CXXFLAGS"]
+    return cache_key(kind, verilog.encode(), top, list(flags), cxxflags, tool_versions(), list(extra))
 
 
 def _log_tail(path, lines=40):
