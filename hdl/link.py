@@ -25,16 +25,28 @@ While a frame is executed or a reply is sent, ``rx.ready`` is low: the protocol 
 stop-and-wait, so a well-behaved host never sends then.
 """
 
-from amaranth.hdl import Array, Cat, Const, Module, Signal
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.crc import catalog
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from neurofabric.hdl.protocol import (
-    LINK_CRC_BYTES, LINK_HEADER_BYTES, LINK_INPUT_EVENT_BYTES, LINK_MAX_OUTPUT_EVENTS,
-    LINK_MAX_PAYLOAD, LINK_MAX_READ_WORDS, LINK_MAX_WRITE_WORDS, LINK_MEM_HEADER_BYTES,
-    LINK_VERSION, Event, InputEvent, LinkCommand, LinkStatus, MemorySpace, MemRequest,
+    LINK_CRC_BYTES,
+    LINK_HEADER_BYTES,
+    LINK_INPUT_EVENT_BYTES,
+    LINK_MAX_OUTPUT_EVENTS,
+    LINK_MAX_PAYLOAD,
+    LINK_MAX_READ_WORDS,
+    LINK_MAX_WRITE_WORDS,
+    LINK_MEM_HEADER_BYTES,
+    LINK_VERSION,
+    Event,
+    InputEvent,
+    LinkCommand,
+    LinkStatus,
+    MemorySpace,
+    MemRequest,
 )
 
 __all__ = ["HostLink", "identify_payload"]
@@ -73,7 +85,7 @@ class HostLink(wiring.Component):
 
     Ports: ``rx``/``tx`` byte streams to the host; ``mem``, ``mem_resp``, ``inject``, ``run``,
     ``out``, ``running`` to the chip (see ``neurofabric.hdl.top``); ``idle`` is high while the
-    link waits between frames (no partial frame, nothing to execute or send).
+    link waits for bytes (nothing to execute or send; only the receive watchdog counts).
     """
 
     def __init__(self, shape, *, input_queue=0, rx_timeout=1_000_000):
@@ -106,7 +118,7 @@ class HostLink(wiring.Component):
         m.submodules.reply_buffer = reply_buffer = Memory(shape=8, depth=REPLY_BUFFER_BYTES, init=[])
         reply_write = reply_buffer.write_port()
         reply_read = reply_buffer.read_port(transparent_for=())
-        crc_parameters = catalog.CRC32(data_width=8)
+        crc_parameters = catalog.CRC32_ISO_HDLC(data_width=8)    # = CRC32_ETHERNET = zlib.crc32
         m.submodules.rx_crc = rx_crc = crc_parameters.create()
         m.submodules.tx_crc = tx_crc = crc_parameters.create()
 
@@ -150,7 +162,9 @@ class HostLink(wiring.Component):
         item_bits = Signal(8 * LINK_INPUT_EVENT_BYTES)
         item_index = Signal(16)
         word = item_bits[8:40]                  # the last four bytes shifted in
-        event_in = InputEvent(item_bits)
+        event_step = item_bits[0:16]            # wire order of an input event: step, core, axon
+        event_core = item_bits[16:24]
+        event_axon = item_bits[24:40]
         out_word = Signal(32)
 
         # --- reply buffer ----------------------------------------------------------------------------
@@ -201,7 +215,7 @@ class HostLink(wiring.Component):
                     rx_write.addr.eq(rx_len), rx_write.data.eq(value), rx_write.en.eq(1),
                     rx_crc.data.eq(value), rx_crc.valid.eq(1), rx_crc.start.eq(rx_len == 0),
                 ]
-                m.d.sync += [rx_len.eq(rx_len + 1), rx_mod5.eq(Mux5(rx_mod5))]
+                m.d.sync += [rx_len.eq(rx_len + 1), rx_mod5.eq(Mux(rx_mod5 == 4, 0, rx_mod5 + 1))]
                 for i in range(HEADER_CAPTURE):
                     with m.If(rx_len == i):
                         m.d.sync += header[i].eq(value)
@@ -210,7 +224,7 @@ class HostLink(wiring.Component):
 
         with m.FSM(name="link"):
             with m.State("RECEIVE"):
-                m.d.comb += [self.rx.ready.eq(1), self.idle.eq(~rx_any & ~hunting)]
+                m.d.comb += [self.rx.ready.eq(1), self.idle.eq(1)]
                 with m.If(self.rx.valid):
                     m.d.sync += watchdog.eq(0)
                     with m.If(self.rx.payload == 0):
@@ -231,6 +245,8 @@ class HostLink(wiring.Component):
                             m.next = "DISPATCH"
                     with m.Elif(~hunting):
                         m.d.sync += rx_any.eq(1)
+                        with m.If(~rx_any):
+                            m.d.sync += header[0].eq(0)     # seq of a frame with no decoded byte
                         with m.If(cobs_remaining == 0):
                             with m.If(cobs_zero):
                                 store_decoded(0)
@@ -319,7 +335,7 @@ class HostLink(wiring.Component):
                         m.next = "CHECK-INJECT-EVENT"
             with m.State("CHECK-INJECT-EVENT"):
                 m.d.sync += byte_index.eq(0)
-                with m.If((event_in.core >= shape.cores) | (event_in.axon >= shape.axons)):
+                with m.If((event_core >= shape.cores) | (event_axon >= shape.axons)):
                     nak(LinkStatus.OUT_OF_RANGE)
                 with m.Else():
                     m.next = "CHECK-INJECT-BYTES"
@@ -394,6 +410,7 @@ class HostLink(wiring.Component):
                 reply_byte(out_word.word_select(byte_index[:2], 8))
                 m.d.sync += byte_index.eq(byte_index + 1)
                 with m.If(byte_index == 3):
+                    m.d.sync += byte_index.eq(0)
                     with m.If(item_index == count):
                         m.next = "REPLY-CRC"
                     with m.Else():
@@ -411,9 +428,9 @@ class HostLink(wiring.Component):
             with m.State("EXEC-INJECT-PUSH"):
                 m.d.comb += [
                     self.inject.valid.eq(1),
-                    self.inject.payload.step.eq(event_in.axon),     # wire order: step, core, axon
-                    self.inject.payload.core.eq(event_in.core),
-                    self.inject.payload.axon.eq(event_in.step),
+                    self.inject.payload.step.eq(event_step),
+                    self.inject.payload.core.eq(event_core),
+                    self.inject.payload.axon.eq(event_axon),
                 ]
                 with m.If(self.inject.ready):
                     m.d.sync += byte_index.eq(0)
@@ -437,6 +454,7 @@ class HostLink(wiring.Component):
                 reply_byte(out_word.word_select(byte_index[:2], 8))
                 m.d.sync += byte_index.eq(byte_index + 1)
                 with m.If(byte_index == 3):
+                    m.d.sync += byte_index.eq(0)
                     m.next = "EXEC-OUTPUT-POLL"
 
             # CRC-32 of the reply, little-endian; then the reply is sent.
@@ -503,12 +521,7 @@ class HostLink(wiring.Component):
             with m.State("TX-END"):
                 m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(0)]
                 with m.If(self.tx.ready):
+                    rx_reset()
                     m.next = "RECEIVE"
 
         return m
-
-
-def Mux5(counter):
-    """`counter + 1` modulo 5."""
-    from amaranth.hdl import Mux
-    return Mux(counter == 4, 0, counter + 1)

@@ -63,12 +63,13 @@ class RoundRobinArbiter(wiring.Component):
             "valid": Out(1),
             "advance": In(1),
         })
+        #: the last requester served; the first search starts at requester 0
+        self._last = Signal(range(count), init=count - 1)
 
     def elaborate(self, platform):
         m = Module()
         count = self.count
-        # The last requester served; the first search starts at requester 0.
-        last = Signal(range(count), init=count - 1)
+        last = self._last
         m.d.comb += self.valid.eq(self.requests.any())
         if count == 1:
             return m
@@ -97,18 +98,24 @@ class Router(wiring.Component):
       neurons + neuron) and ``ROUTE_ENTRY`` (addr = entry index); one response per request,
       one cycle after acceptance at the earliest. Reads return the stored bits (0 past the end);
       writes answer :data:`MEM_OK`, or :data:`MEM_REFUSED` without writing when the address is
-      past the memory, a pointer's ``base + count`` exceeds the table, or an axon entry names a
-      core or axon that does not exist.
+      past the memory, a reserved bit is set, or an axon entry names a core, axon or chip that
+      does not exist (as ``ChipModel.write_words`` refuses them). A host entry is stored as
+      plain ``kind = HOST`` (its other fields read back as 0). A pointer's entries are
+      ``(base + i) mod route_entries``, as in ``ChipModel.routes_of``.
     - ``busy``: an event is somewhere inside (FIFOs or pipeline). Low for one cycle means the
       router is empty; it rises the cycle after a spike is accepted.
     - ``spike_taken``, ``axon_sent``, ``host_sent``: 1-cycle pulses for the chip's counters
       (a spike entered the pipeline; an entry went to an axon FIFO; an entry went to the host FIFO).
 
+    `pointer_init`/`entry_init` (lists of RoutePointer/RouteEntry values, or dicts) preset the
+    route table (for formal harnesses and fixed builds); by default it is empty (all counts 0).
+
     Throughput: one route entry per cycle, and one source spike per cycle while each has at most
     one entry; latency from ``spikes`` to ``axons`` is 5 cycles when nothing is stalled.
     """
 
-    def __init__(self, shape, *, spike_fifo_depth=4, axon_fifo_depth=8, host_fifo_depth=8):
+    def __init__(self, shape, *, spike_fifo_depth=4, axon_fifo_depth=8, host_fifo_depth=8,
+                 pointer_init=(), entry_init=()):
         for name, depth in (("spike_fifo_depth", spike_fifo_depth), ("axon_fifo_depth", axon_fifo_depth),
                             ("host_fifo_depth", host_fifo_depth)):
             if not isinstance(depth, int) or not 2 <= depth <= 4096:
@@ -117,6 +124,7 @@ class Router(wiring.Component):
         self.spike_fifo_depth = spike_fifo_depth
         self.axon_fifo_depth = axon_fifo_depth
         self.host_fifo_depth = host_fifo_depth
+        self.pointer_init, self.entry_init = list(pointer_init), list(entry_init)
         super().__init__({
             "spikes": In(stream.Signature(range(shape.neurons))).array(shape.cores),
             "axons": Out(stream.Signature(range(shape.axons))).array(shape.cores),
@@ -128,6 +136,15 @@ class Router(wiring.Component):
             "axon_sent": Out(1),
             "host_sent": Out(1),
         })
+        # FIFOs and pipeline state are built here so formal harnesses can observe them
+        self._spike_fifos = [fifo.SyncFIFOBuffered(width=len(self.spikes[c].payload), depth=spike_fifo_depth)
+                             for c in range(shape.cores)]
+        self._axon_fifos = [fifo.SyncFIFOBuffered(width=len(self.axons[c].payload), depth=axon_fifo_depth)
+                            for c in range(shape.cores)]
+        self._host_fifo = fifo.SyncFIFOBuffered(width=Event.as_shape().size, depth=host_fifo_depth)
+        self._p_valid = Signal()
+        self._x_remaining = Signal(9)
+        self._e_valid = Signal()
 
     def elaborate(self, platform):
         m = Module()
@@ -136,9 +153,9 @@ class Router(wiring.Component):
         pointer_depth = cores * neurons
 
         m.submodules.route_pointer = route_pointer = Memory(
-            shape=RoutePointer, depth=pointer_depth, init=[])
+            shape=RoutePointer, depth=pointer_depth, init=self.pointer_init)
         m.submodules.route_entry = route_entry = Memory(
-            shape=RouteEntry, depth=shape.route_entries, init=[])
+            shape=RouteEntry, depth=shape.route_entries, init=self.entry_init)
         pointer_port = route_pointer.read_port()
         entry_port = route_entry.read_port()
         pointer_host_port = route_pointer.read_port()
@@ -147,26 +164,24 @@ class Router(wiring.Component):
         entry_write = route_entry.write_port()
 
         # --- input stage: one FIFO per core, round-robin arbiter -------------------------------
-        spike_fifos = []
-        for c in range(cores):
-            f = fifo.SyncFIFOBuffered(width=len(self.spikes[c].payload), depth=self.spike_fifo_depth)
+        spike_fifos = self._spike_fifos
+        for c, f in enumerate(spike_fifos):
             m.submodules[f"spike_fifo_{c}"] = f
             wiring.connect(m, wiring.flipped(self.spikes[c]), f.w_stream)
-            spike_fifos.append(f)
         m.submodules.arbiter = arbiter = RoundRobinArbiter(cores)
         m.d.comb += arbiter.requests.eq(Cat(f.r_rdy for f in spike_fifos))
 
         # --- pointer stage ----------------------------------------------------------------------
-        p_valid = Signal()
+        p_valid = self._p_valid
         p_core = Signal(range(cores))
         p_neuron = Signal(range(neurons))
         # --- expander: walks base .. base + count - 1 -----------------------------------------
         x_core = Signal(range(cores))
         x_neuron = Signal(range(neurons))
         x_addr = Signal(range(shape.route_entries))
-        x_remaining = Signal(9)
+        x_remaining = self._x_remaining
         # --- entry stage (entry_port.data is valid while e_valid) -----------------------------
-        e_valid = Signal()
+        e_valid = self._e_valid
         e_core = Signal(range(cores))
         e_neuron = Signal(range(neurons))
 
@@ -174,13 +189,11 @@ class Router(wiring.Component):
         is_host = entry.kind == RouteKind.HOST
 
         # output FIFOs
-        axon_fifos = []
-        for c in range(cores):
-            f = fifo.SyncFIFOBuffered(width=len(self.axons[c].payload), depth=self.axon_fifo_depth)
+        axon_fifos = self._axon_fifos
+        for c, f in enumerate(axon_fifos):
             m.submodules[f"axon_fifo_{c}"] = f
             wiring.connect(m, f.r_stream, wiring.flipped(self.axons[c]))
-            axon_fifos.append(f)
-        host_fifo = fifo.SyncFIFOBuffered(width=Event.as_shape().size, depth=self.host_fifo_depth)
+        host_fifo = self._host_fifo
         m.submodules.host_fifo = host_fifo
         wiring.connect(m, host_fifo.r_stream, wiring.flipped(self.host))
 
@@ -205,6 +218,9 @@ class Router(wiring.Component):
         issue = (x_remaining != 0) & e_ready
         x_can_load = (x_remaining == 0) | ((x_remaining == 1) & issue)
         pointer = RoutePointer(pointer_port.data)
+        # entries are read modulo the table size (ChipModel.routes_of)
+        entries_pow2 = shape.route_entries & (shape.route_entries - 1) == 0
+        first_entry = pointer.base if entries_pow2 else pointer.base % shape.route_entries
         take_pointer = p_valid & x_can_load
         p_ready = ~p_valid | x_can_load
 
@@ -233,12 +249,12 @@ class Router(wiring.Component):
             m.d.sync += [
                 x_core.eq(p_core),
                 x_neuron.eq(p_neuron),
-                x_addr.eq(pointer.base),
+                x_addr.eq(first_entry),
                 x_remaining.eq(pointer.count),
             ]
         with m.Elif(issue):
             m.d.sync += [
-                x_addr.eq(x_addr + 1),
+                x_addr.eq(Mux(x_addr == shape.route_entries - 1, 0, x_addr + 1)),
                 x_remaining.eq(x_remaining - 1),
             ]
 
@@ -281,8 +297,7 @@ class Router(wiring.Component):
         entry_in_range = request.addr < shape.route_entries
         new_pointer = RoutePointer(request.data[:RoutePointer.as_shape().size])
         new_entry = RouteEntry(request.data[:RouteEntry.as_shape().size])
-        pointer_ok = pointer_in_range & (request.data[RoutePointer.as_shape().size:] == 0) & (
-            new_pointer.base + new_pointer.count <= shape.route_entries)
+        pointer_ok = pointer_in_range & (request.data[RoutePointer.as_shape().size:] == 0)
         entry_ok = entry_in_range & (request.data[RouteEntry.as_shape().size:] == 0) & (
             (new_entry.kind == RouteKind.HOST)
             | ((new_entry.core < cores) & (new_entry.axon < shape.axons) & (new_entry.chip == 0)))
@@ -291,7 +306,8 @@ class Router(wiring.Component):
             pointer_write.data.eq(new_pointer),
             pointer_write.en.eq(accept & request.write & is_pointer & pointer_ok),
             entry_write.addr.eq(request.addr),
-            entry_write.data.eq(new_entry),
+            entry_write.data.eq(Mux(new_entry.kind == RouteKind.HOST,
+                                    RouteEntry.const({"kind": RouteKind.HOST}).as_value(), new_entry)),
             entry_write.en.eq(accept & request.write & ~is_pointer & entry_ok),
         ]
         with m.If(accept):

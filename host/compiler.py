@@ -29,10 +29,20 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from neurofabric.hdl.protocol import (
-    PROFILE_COUNT, WEIGHT_EXP_MAX, CoreRegister, MemorySpace, ProfileField, RouteKind, StdpField,
+    PROFILE_COUNT,
+    WEIGHT_EXP_MAX,
+    CoreRegister,
+    MemorySpace,
+    ProfileField,
+    RouteKind,
+    StdpField,
 )
 from neurofabric.host.network import (
-    WEIGHT_MAX, WEIGHT_MIN, CapacityError, Network, ValidationError,
+    WEIGHT_MAX,
+    WEIGHT_MIN,
+    CapacityError,
+    Network,
+    ValidationError,
 )
 
 __all__ = ["MemoryWrite", "ConnectionReport", "Slice", "CompiledNetwork", "compile_network",
@@ -218,8 +228,10 @@ def _place(network, info):
 
 
 def _exponent(max_abs):
+    """The smallest exponent whose int8 range holds `max_abs` (with a relative tolerance of 1e-9,
+    so weights that went through float arithmetic, e.g. a NIR round trip, keep their exponent)."""
     for e in range(WEIGHT_EXP_MAX + 1):
-        if max_abs <= WEIGHT_MAX * (1 << e):
+        if max_abs <= WEIGHT_MAX * (1 << e) * (1 + 1e-9):
             return e
     return WEIGHT_EXP_MAX
 
