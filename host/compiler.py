@@ -37,6 +37,7 @@ from neurofabric.hdl.protocol import (
     RouteKind,
     StdpField,
 )
+from neurofabric.host.model import NeuronProfile
 from neurofabric.host.network import (
     WEIGHT_MAX,
     WEIGHT_MIN,
@@ -335,15 +336,17 @@ def compile_network(network, info, record=None):
                     learning = 1
             if core.axons_used:
                 writes.append(MemoryWrite(MemorySpace.WEIGHT, core_index, 0, weights[core_index].ravel()))
-            profiles = list(core.profiles)
-            writes.append(MemoryWrite(MemorySpace.PROFILE, core_index, 0,
-                                      np.concatenate([profile_words(p) for p in profiles])))
             writes.append(MemoryWrite(MemorySpace.CORE, core_index, CoreRegister.WEIGHT_EXP.value,
                                       np.array([weight_exp[core_index]], dtype=np.int64)))
             if learning:
                 writes.append(MemoryWrite(MemorySpace.STDP, core_index, 0, _stdp_words(plastic_cores[core_index])))
             writes.append(MemoryWrite(MemorySpace.PLASTIC, core_index, 0, plastic))
             writes.append(MemoryWrite(MemorySpace.TRACE, core_index, 0, np.zeros(A + N, dtype=np.int64)))
+        # every profile slot of every core, so nothing depends on the memories' power-up contents
+        profiles = list(core.profiles) if core is not None else []
+        profiles += [NeuronProfile()] * (PROFILE_COUNT - len(profiles))
+        writes.append(MemoryWrite(MemorySpace.PROFILE, core_index, 0,
+                                  np.concatenate([profile_words(p) for p in profiles])))
         writes.append(MemoryWrite(MemorySpace.NEURON, core_index, 0, neuron_words))
         writes.append(MemoryWrite(MemorySpace.CORE, core_index, CoreRegister.LEARNING.value,
                                   np.array([learning], dtype=np.int64)))

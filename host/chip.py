@@ -1,0 +1,553 @@
+"""`Chip`: load a network, stream spikes in and out, control learning, read weights back.
+
+One class over every backend (:mod:`neurofabric.host.backend`)::
+
+    with Chip.open("model") as chip:            # "model", "sim", "serial:///dev/ttyUSB1",
+        chip.load(net)                          # "socket://127.0.0.1:PORT"
+        out = chip.run({inp: events}, steps=32, record=[hid])
+        out.spikes(hid)                         # (E, 2) array of (step, index)
+        out.raster(hid)                         # (steps, size) array of 0/1
+
+Input events for an input population may be given as (docs/host.md, "Input events"):
+
+- a dense raster: an array of shape (steps', size), steps' <= steps; bool, or non-negative
+  integer counts (k events for that channel in that step);
+- (step, index) pairs: an integer array of shape (E, 2), or a tuple ``(steps_array, indices)``;
+- a structured array with a time field (``t``, ``ts`` or ``timestamp``) and an index field
+  (``x``, ``i``, ``index``, ``idx`` or ``neuron``), as tonic produces; the step is
+  ``floor(t / dt)`` with the ``dt`` argument of :meth:`Chip.run` (default 1: t is in steps).
+
+Steps are relative to the start of the run. Everything is validated before any byte is sent.
+"""
+
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from neurofabric.hdl.protocol import ChipRegister, Counter, MemorySpace, StateField
+from neurofabric.host.backend import Backend, BackendError
+from neurofabric.host.compiler import STATE_WORDS, compile_network
+from neurofabric.host.network import (
+    Connection,
+    EventError,
+    Network,
+    Population,
+    ShapeError,
+    ValidationError,
+    check_int,
+)
+
+__all__ = ["Chip", "RunResult", "Progress", "parse_events", "DeviceUnavailable"]
+
+
+#: the input queue assumed when a chip reports 0 (not reported): the gateware's default depth
+UNREPORTED_INPUT_QUEUE = 64
+#: the most steps one inject+run covers: the link tags input events with 16-bit steps
+MAX_CHUNK_STEPS = 1 << 14
+
+
+class DeviceUnavailable(BackendError):
+    """The requested device cannot be opened here (a missing component or an unknown URL)."""
+
+
+class Progress:
+    """A one-line progress bar on stderr (no dependencies). ``enabled=None`` shows it only when
+    stderr is a terminal."""
+
+    def __init__(self, total, label="", enabled=None, stream=None):
+        self.stream = sys.stderr if stream is None else stream
+        self.enabled = (self.stream.isatty() if hasattr(self.stream, "isatty") else False) \
+            if enabled is None else bool(enabled)
+        self.total, self.label, self.done = max(1, int(total)), label, 0
+        self.start = self._last = time.perf_counter()
+
+    def update(self, n=1, note=""):
+        self.done += n
+        now = time.perf_counter()
+        if self.enabled and (now - self._last > 0.1 or self.done >= self.total):
+            self._last = now
+            frac = min(1.0, self.done / self.total)
+            bar = "#" * int(30 * frac) + "." * (30 - int(30 * frac))
+            elapsed = now - self.start
+            eta = elapsed / frac - elapsed if frac > 0 else 0.0
+            self.stream.write(f"\r{self.label} [{bar}] {self.done}/{self.total} {elapsed:5.1f}s "
+                              f"eta {eta:4.1f}s {note}   ")
+            self.stream.flush()
+
+    def close(self):
+        if self.enabled:
+            self.stream.write("\n")
+            self.stream.flush()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+_TIME_FIELDS = ("t", "ts", "timestamp")
+_INDEX_FIELDS = ("x", "i", "index", "idx", "neuron")
+
+
+def parse_events(events, size, steps, dt=1.0, name="events"):
+    """Normalise one population's input events to an int64 (E, 2) array of (step, index),
+    sorted by step. Raises :class:`EventError` / :class:`ShapeError` naming what is wrong."""
+    if isinstance(events, tuple) and len(events) == 2:
+        t, idx = (np.asarray(a) for a in events)
+        if t.shape != idx.shape or t.ndim != 1:
+            raise ShapeError(f"{name}: (steps, indices) must be two 1-D arrays of equal length, got shapes "
+                             f"{t.shape} and {idx.shape}", name, (t.shape, idx.shape))
+        pairs = _int_column(f"{name} steps", t), _int_column(f"{name} indices", idx)
+    else:
+        array = np.asarray(events)
+        if array.dtype.names:
+            tf = next((f for f in _TIME_FIELDS if f in array.dtype.names), None)
+            xf = next((f for f in _INDEX_FIELDS if f in array.dtype.names), None)
+            if tf is None or xf is None:
+                raise ShapeError(f"{name}: a structured array needs a time field {_TIME_FIELDS} and an index "
+                                 f"field {_INDEX_FIELDS}; it has {array.dtype.names}", name, array.dtype.names)
+            if not dt > 0:
+                raise EventError(f"dt = {dt} is out of range: allowed > 0", "dt", dt)
+            t = np.asarray(array[tf], dtype=np.float64)
+            if not np.all(np.isfinite(t)):
+                raise EventError(f"{name}: field {tf!r} contains NaN or infinity", name, None)
+            pairs = np.floor(t / dt).astype(np.int64), _int_column(f"{name} field {xf!r}", array[xf])
+        elif array.ndim == 2 and array.dtype.kind == "b":
+            pairs = _raster_pairs(array, size, steps, name)
+        elif array.ndim == 2 and array.shape[1] == 2 and size == 2 and array.size:
+            raise EventError(f"{name}: an integer array of shape {array.shape} is ambiguous for a population "
+                             "of size 2; pass a bool raster or a (steps, indices) tuple", name, array.shape)
+        elif array.ndim == 2 and array.shape[1] == 2:
+            pairs = _int_column(f"{name} steps", array[:, 0]), _int_column(f"{name} indices", array[:, 1])
+        elif array.ndim == 2 and array.shape[1] == size:
+            pairs = _raster_pairs(array, size, steps, name)
+        elif array.size == 0:
+            pairs = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        else:
+            raise ShapeError(f"{name} has shape {array.shape}; expected a raster (<= {steps}, {size}), "
+                             "(E, 2) (step, index) pairs or a structured array", name, array.shape)
+    t, idx = pairs
+    if t.size:
+        bad = (t < 0) | (t >= steps)
+        if np.any(bad):
+            raise EventError(f"{name}: step {int(t[bad][0])} is out of range: allowed [0, {steps - 1}]",
+                             name, int(t[bad][0]), (0, steps - 1))
+        bad = (idx < 0) | (idx >= size)
+        if np.any(bad):
+            raise EventError(f"{name}: index {int(idx[bad][0])} is out of range: allowed [0, {size - 1}]",
+                             name, int(idx[bad][0]), (0, size - 1))
+    order = np.argsort(t, kind="stable")
+    return np.stack([t[order], idx[order]], axis=1).astype(np.int64).reshape(-1, 2)
+
+
+def _int_column(name, values):
+    values = np.asarray(values)
+    if values.dtype.kind == "f":
+        if not np.all(np.isfinite(values)) or not np.all(values == np.round(values)):
+            raise EventError(f"{name} must be integers (found NaN, infinity or a fraction)", name, None)
+    elif values.dtype.kind not in "iub":
+        raise ShapeError(f"{name} must be integers, got dtype {values.dtype}", name, values.dtype)
+    return values.astype(np.int64).ravel()
+
+
+def _raster_pairs(raster, size, steps, name):
+    if raster.shape[1] != size or raster.shape[0] > steps:
+        raise ShapeError(f"{name}: raster has shape {raster.shape}, expected (<= {steps}, {size})",
+                         name, raster.shape, (steps, size))
+    counts = _int_column(f"{name} raster", raster).reshape(raster.shape)
+    if counts.size and counts.min() < 0:
+        raise EventError(f"{name}: raster contains {int(counts.min())}; event counts must be >= 0", name,
+                         int(counts.min()))
+    t, idx = np.nonzero(counts)
+    reps = counts[t, idx]
+    return np.repeat(t, reps), np.repeat(idx, reps)
+
+
+@dataclass
+class RunResult:
+    """Spikes of the recorded populations over one run (steps relative to the run's start)."""
+    steps: int
+    start: int                          #: the chip's absolute step at the start of the run
+    recorded: list
+    _spikes: dict = field(repr=False)   # population -> (E, 2) int64 (step, index)
+    input_events: int = 0
+    wall_time: float = 0.0
+    raw: np.ndarray = field(repr=False, default=None)   #: (S, 3) (absolute step, core, neuron)
+
+    def _pop(self, population):
+        if population not in self._spikes:
+            raise ValidationError(f"{population!r} was not recorded in this run", "population", population)
+        return population
+
+    def spikes(self, population):
+        """(E, 2) int64 array of (step, index), in step order."""
+        return self._spikes[self._pop(population)]
+
+    __getitem__ = spikes
+
+    def raster(self, population):
+        """Dense (steps, size) int array: 1 where the neuron spiked."""
+        s = self.spikes(population)
+        out = np.zeros((self.steps, population.size), dtype=np.int64)
+        np.add.at(out, (s[:, 0], s[:, 1]), 1)
+        return out
+
+    def counts(self, population):
+        """Spikes per neuron over the run."""
+        s = self.spikes(population)
+        return np.bincount(s[:, 1], minlength=population.size)
+
+    def total_spikes(self):
+        return sum(len(s) for s in self._spikes.values())
+
+
+class Chip:
+    """A chip behind a :class:`Backend`; use :meth:`Chip.open`."""
+
+    def __init__(self, backend):
+        if not isinstance(backend, Backend):
+            raise ValidationError(f"backend must be a neurofabric.host.backend.Backend, not {backend!r}",
+                                  "backend", backend)
+        self.backend = backend
+        self.info = backend.identify()
+        self.compiled = None
+
+    # --- opening ------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, device="model", **options):
+        """Open `device`: ``"model"`` (the numpy model; option ``shape=ChipShape(...)``),
+        ``"sim"`` (the Verilator sim device; options go to ``SimDevice``), or a URL
+        ``"serial:///dev/ttyUSB1"`` / ``"socket://HOST:PORT"`` (options go to the link)."""
+        return cls(open_backend(device, **options))
+
+    def close(self):
+        self.backend.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # --- loading ------------------------------------------------------------------------------
+    def compile(self, network, record=None):
+        """Compile `network` for this chip without sending anything (see :mod:`compiler`)."""
+        return compile_network(network, self.info, record=record)
+
+    def load(self, network, record=None, progress=None):
+        """Compile and write `network` to the chip, replacing what was loaded, and zero the
+        neuron state; spikes in flight from a previous network are dropped (this takes one time
+        step). `record`: populations routed to the host (default: all). Returns the
+        :class:`CompiledNetwork` (placement and quantisation report)."""
+        if not isinstance(network, Network):
+            raise ValidationError(f"network must be a Network, not {network!r}", "network", network)
+        compiled = self.compile(network, record=record)
+        self.compiled = None        # a write that fails half-way leaves no network loaded, not a stale one
+        with Progress(sum(len(w.words) for w in compiled.writes), "load", progress) as bar:
+            for w in compiled.writes:
+                self.backend.write(w.space, w.core, w.addr, w.words)
+                bar.update(len(w.words))
+        self.compiled = compiled
+        self._extent = {}
+        for s in compiled.slices:
+            self._extent[s.core] = max(self._extent.get(s.core, 0), s.offset + s.stop - s.start)
+        # spikes of the previous network may still be in flight: let them land on a quiet chip
+        self._step = self.step()
+        self._settle({core: self.info.neurons for core in range(self.info.cores)})
+        return compiled
+
+    def _need(self):
+        if self.compiled is None:
+            raise ValidationError("no network is loaded: call Chip.load(network) first", "network", None)
+        return self.compiled
+
+    def step(self):
+        """The chip's current time step (the next one to run)."""
+        return int(self.backend.read(MemorySpace.CHIP, 0, ChipRegister.STEP.value, 1)[0])
+
+    # --- running ------------------------------------------------------------------------------
+    def _events(self, inputs, steps, dt):
+        compiled = self._need()
+        if inputs is None:
+            inputs = {}
+        if not isinstance(inputs, dict):
+            raise ValidationError(f"inputs must be a dict {{input population: events}}, not {type(inputs).__name__}",
+                                  "inputs", inputs)
+        blocks = []
+        for pop, events in inputs.items():
+            if isinstance(pop, str):
+                pop = next((p for p in compiled.network.populations if p.name == pop), pop)
+            if not isinstance(pop, Population) or pop not in compiled.input_axons:
+                raise ValidationError(f"inputs key {pop!r} is not an input population of the loaded network",
+                                      "inputs", pop)
+            pairs = parse_events(events, pop.size, steps, dt, name=f"inputs[{pop.name!r}]")
+            for core, base in compiled.input_axons[pop]:
+                rows = np.empty((len(pairs), 3), dtype=np.int64)
+                rows[:, 0], rows[:, 1], rows[:, 2] = pairs[:, 0], core, base + pairs[:, 1]
+                blocks.append(rows)
+        if not blocks:
+            return np.zeros((0, 3), dtype=np.int64)
+        rows = np.concatenate(blocks)
+        return rows[np.argsort(rows[:, 0], kind="stable")]
+
+    def _recorded(self, record):
+        compiled = self._need()
+        if record is None:
+            return [p for p in compiled.network.populations if p in compiled.recorded]
+        record = list(record)
+        for p in record:
+            if p not in compiled.recorded:
+                raise ValidationError(f"{p!r} is not routed to the host; pass record=[...] to Chip.load "
+                                      "to include it", "record", p)
+        return record
+
+    def run(self, inputs=None, steps=1, record=None, dt=1.0, progress=None, chunk=None):
+        """Run `steps` time steps with `inputs` ({input population: events}, formats in the
+        module docstring); return a :class:`RunResult` for the populations in `record`
+        (default: every population routed to the host)."""
+        steps = check_int("steps", steps, 1, (1 << 31) - 1)
+        recorded = self._recorded(record)
+        events = self._events(inputs, steps, dt)
+        show = progress if progress is not None else (None if steps >= 20000 else False)
+        results = list(self._chunks(events, steps, recorded, chunk, Progress(steps, "run", show)))
+        return _merge(results, steps)
+
+    def stream(self, inputs=None, steps=1, record=None, dt=1.0, chunk=1024, progress=None):
+        """Like :meth:`run`, but yields one :class:`RunResult` per `chunk` steps (steps
+        relative to each chunk's start), so long runs need not hold all spikes in memory.
+        Inputs are validated in full before the first step runs."""
+        steps = check_int("steps", steps, 1, (1 << 31) - 1)
+        chunk = min(check_int("chunk", chunk, 1, (1 << 31) - 1), steps)
+        recorded = self._recorded(record)
+        events = self._events(inputs, steps, dt)
+        return self._chunks(events, steps, recorded, chunk, Progress(steps, "stream", progress))
+
+    def _chunks(self, events, steps, recorded, chunk, bar):
+        """Inject and run in pieces that respect the chip's input queue; yield RunResults."""
+        queue = self.info.input_queue or UNREPORTED_INPUT_QUEUE
+        chunk = steps if chunk is None else chunk
+        start = self._step
+        with bar:
+            done, pos = 0, 0
+            while done < steps:
+                # as many steps as fit: at most `chunk`, and at most `queue` events in flight
+                end = min(steps, done + chunk, done + MAX_CHUNK_STEPS)
+                if bar.enabled:
+                    end = min(end, done + max(1, steps // 100))
+                upto = np.searchsorted(events[:, 0], end, side="left")
+                if upto - pos > queue:
+                    # cut at the step of the queue-th event (at least one step)
+                    end = max(done + 1, int(events[pos + queue, 0]))
+                    upto = np.searchsorted(events[:, 0], end, side="left")
+                    if upto - pos > queue:
+                        raise EventError(f"step {done} has {upto - pos} input events; the chip's input "
+                                         f"queue holds {queue}", "inputs", upto - pos, (0, queue))
+                t0 = time.perf_counter()
+                piece = events[pos:upto].copy()
+                piece[:, 0] += start
+                if len(piece):
+                    self.backend.inject(piece)
+                raw = np.asarray(self.backend.run(end - done), dtype=np.int64).reshape(-1, 3)
+                wall = time.perf_counter() - t0
+                spikes = self._decode(raw, start + done, recorded)
+                yield RunResult(end - done, start + done, recorded, spikes, int(upto - pos), wall, raw)
+                bar.update(end - done)
+                pos, done = upto, end
+            self._step = start + steps
+
+    def _decode(self, raw, start, recorded):
+        c = self.compiled
+        out = {}
+        if len(raw):
+            pop_ids = c.population_of[raw[:, 1], raw[:, 2]]
+            index = c.index_of[raw[:, 1], raw[:, 2]]
+        for p in recorded:
+            if len(raw):
+                sel = pop_ids == p.id
+                out[p] = np.stack([raw[sel, 0] - start, index[sel]], axis=1)
+            else:
+                out[p] = np.zeros((0, 2), dtype=np.int64)
+        return out
+
+    def reset_state(self):
+        """Return the loaded network to rest between independent runs: zero u, v, theta and the
+        STDP traces, and drop spikes in flight. The chip keeps its configuration and weights.
+
+        How: every used neuron is made refractory for one step with zero state, one step runs
+        (spikes already routed to it are integrated into u but cannot fire anything; learning is
+        paused), then the state is zeroed again. The chip's step counter advances by one."""
+        self._need()
+        self._settle(self._extent)
+
+    def _settle(self, extent):
+        """Make the neurons in `extent` ({core: neuron count}) refractory with zero state, run one
+        step with learning paused, zero their state and the traces again."""
+        compiled = self.compiled
+        learning = compiled.plastic_cores and int(
+            self.backend.read(MemorySpace.CHIP, 0, ChipRegister.LEARNING.value, 1)[0])
+        if learning:
+            self.backend.write(MemorySpace.CHIP, 0, ChipRegister.LEARNING.value, [0])
+        for core, n in extent.items():
+            words = np.zeros(STATE_WORDS * n, dtype=np.int64)
+            words[StateField.REFRACTORY.value::STATE_WORDS] = 1
+            self.backend.write(MemorySpace.STATE, core, 0, words)
+        self.backend.run(1)
+        for core, n in extent.items():
+            self.backend.write(MemorySpace.STATE, core, 0, np.zeros(STATE_WORDS * n, dtype=np.int64))
+        for core in compiled.plastic_cores:
+            self.backend.write(MemorySpace.TRACE, core, 0, np.zeros(self.info.axons + self.info.neurons,
+                                                                     dtype=np.int64))
+        if learning:
+            self.backend.write(MemorySpace.CHIP, 0, ChipRegister.LEARNING.value, [1])
+        self._step += 1
+
+    # --- reading back -------------------------------------------------------------------------
+    def read_weights(self, connection, raw=False):
+        """The weights of `connection` as the chip holds them now, shape (pre.size, post.size):
+        in state units (int8 weight << weight_exp), or the int8 values with ``raw=True``."""
+        compiled = self._need()
+        if not isinstance(connection, Connection) or connection not in compiled.network.connections:
+            raise ValidationError(f"{connection!r} is not a connection of the loaded network",
+                                  "connection", connection)
+        N = self.info.neurons
+        pre, post = connection.pre, connection.post
+        out = np.zeros((pre.size, post.size), dtype=np.int64 if raw else np.float64)
+        for s in compiled.slices_of(post):
+            base = compiled.axon_blocks[(s.core, pre)]
+            words = self.backend.read(MemorySpace.WEIGHT, s.core, base * N, pre.size * N).reshape(pre.size, N)
+            block = words[:, s.offset:s.offset + s.stop - s.start]
+            out[:, s.start:s.stop] = block if raw else block * float(1 << compiled.weight_exp[s.core])
+        return out
+
+    def read_state(self, population):
+        """The state of `population`'s neurons: dict of u, v, refractory, theta arrays."""
+        compiled = self._need()
+        if population not in compiled.network.populations or population.is_input:
+            raise ValidationError(f"{population!r} is not a neuron population of the loaded network",
+                                  "population", population)
+        out = {k: np.zeros(population.size, dtype=np.int64) for k in ("u", "v", "refractory", "theta")}
+        for s in compiled.slices_of(population):
+            words = self.backend.read(MemorySpace.STATE, s.core, s.offset * STATE_WORDS,
+                                      (s.stop - s.start) * STATE_WORDS).reshape(-1, STATE_WORDS)
+            for f in StateField:
+                out[f.name.lower()][s.start:s.stop] = words[:, f.value]
+        return out
+
+    # --- learning -----------------------------------------------------------------------------
+    def set_learning(self, enabled):
+        """Enable or pause STDP on the whole chip (plastic connections keep their settings)."""
+        if not isinstance(enabled, (bool, np.bool_)):
+            raise ValidationError(f"enabled must be True or False, not {enabled!r}", "enabled", enabled)
+        self.backend.write(MemorySpace.CHIP, 0, ChipRegister.LEARNING.value, [int(enabled)])
+
+    def set_plastic(self, connection, enabled):
+        """Turn learning of one plastic connection on or off (its axons' PLASTIC bits)."""
+        compiled = self._need()
+        if not isinstance(connection, Connection) or connection not in compiled.network.connections:
+            raise ValidationError(f"{connection!r} is not a connection of the loaded network",
+                                  "connection", connection)
+        if connection.plastic is None:
+            raise ValidationError(f"{connection!r} was not created with plastic=STDP(...)", "connection", connection)
+        for s in compiled.slices_of(connection.post):
+            base = compiled.axon_blocks[(s.core, connection.pre)]
+            self.backend.write(MemorySpace.PLASTIC, s.core, base, [int(bool(enabled))] * connection.pre.size)
+
+    def set_reward(self, reward):
+        """The third factor multiplying every STDP update (signed 8-bit; 1 = plain STDP,
+        0 = no change, negative = anti-Hebbian)."""
+        reward = check_int("reward", reward, -128, 127)
+        self.backend.write(MemorySpace.CHIP, 0, ChipRegister.REWARD.value, [reward])
+
+    def stats(self):
+        """The chip's event counters as {name: value} (32-bit, wrapping)."""
+        words = self.backend.read(MemorySpace.COUNTER, 0, 0, len(Counter))
+        return {c.name.lower(): int(words[c.value]) for c in Counter}
+
+
+def _merge(results, steps):
+    if len(results) == 1:
+        return results[0]
+    first = results[0]
+    spikes = {}
+    for p in first.recorded:
+        parts = []
+        for r in results:
+            s = r.spikes(p).copy()
+            s[:, 0] += r.start - first.start
+            parts.append(s)
+        spikes[p] = np.concatenate(parts)
+    raw = np.concatenate([r.raw for r in results])
+    return RunResult(steps, first.start, first.recorded, spikes, sum(r.input_events for r in results),
+                     sum(r.wall_time for r in results), raw)
+
+
+def open_backend(device="model", **options):
+    """The :class:`Backend` for a device name or URL (see :meth:`Chip.open`)."""
+    if not isinstance(device, str):
+        raise ValidationError(f"device must be a string ('model', 'sim' or a URL), not {device!r}", "device", device)
+    if device == "model":
+        from neurofabric.host.model_backend import ModelBackend
+        return ModelBackend(**options)
+    if device == "sim":
+        try:
+            from neurofabric.host.link import LinkBackend
+            from neurofabric.host.transport import SerialTransport
+            from neurofabric.sim.device import SimDevice
+        except ImportError as e:
+            raise DeviceUnavailable(f"the 'sim' device needs neurofabric.sim.device.SimDevice and "
+                                    f"neurofabric.host.link.LinkBackend, which are not available ({e}); "
+                                    "use device 'model'") from e
+        options.setdefault("chip", "chip")
+        link_options = {k: options.pop(k) for k in ("timeout", "retries") if k in options}
+        try:
+            sim_device = SimDevice(**options)
+        except Exception as e:  # a missing build tool, C++ harness or gateware: all mean 'not here'
+            raise DeviceUnavailable(f"the Verilator sim device could not be started: {e}; "
+                                    "use device 'model'") from e
+        try:
+            link = LinkBackend(SerialTransport(sim_device.url), build="sim", **link_options)
+        except BaseException:
+            sim_device.close()
+            raise
+        return _SimBackend(link, sim_device)
+    if device.startswith(("serial://", "socket://")):
+        try:
+            from neurofabric.host.link import LinkBackend
+            from neurofabric.host.transport import SerialTransport
+        except ImportError as e:
+            raise DeviceUnavailable(f"{device!r} needs neurofabric.host.link.LinkBackend, which is not "
+                                    f"available ({e})") from e
+        transport_options = {k: options.pop(k) for k in ("baudrate", "write_timeout") if k in options}
+        return LinkBackend(SerialTransport(device, **transport_options), **options)
+    raise DeviceUnavailable(f"unknown device {device!r}: use 'model', 'sim', 'serial://PORT' or 'socket://HOST:PORT'")
+
+
+class _SimBackend(Backend):
+    """A LinkBackend to a SimDevice process; closing it stops the process."""
+
+    def __init__(self, link, device):
+        self.link, self.device = link, device
+
+    def identify(self):
+        return self.link.identify()
+
+    def write(self, space, core, addr, words):
+        self.link.write(space, core, addr, words)
+
+    def read(self, space, core, addr, count):
+        return self.link.read(space, core, addr, count)
+
+    def inject(self, events):
+        self.link.inject(events)
+
+    def run(self, steps):
+        return self.link.run(steps)
+
+    def close(self):
+        try:
+            self.link.close()
+        finally:
+            self.device.close()

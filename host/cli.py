@@ -1,0 +1,157 @@
+"""The ``neurofabric`` command line.
+
+- ``neurofabric info [--device D]``: identify the chip (version, shape, build).
+- ``neurofabric run [--device D] [--network FILE.npz|builtin] [--steps N]``: load a small
+  network and run it; prints spike counts and the chip's counters.
+- ``neurofabric demo [--device D] [--steps T] [--out DIR]``: the digits demo (host/demo.py).
+- ``neurofabric sim-server ...``: start the Verilator sim device (neurofabric.sim.device).
+
+Devices: ``model`` (the numpy model), ``sim`` (the Verilator sim device), ``serial://PORT``,
+``socket://HOST:PORT``. Exit status 0 on success, 1 on a chip or validation error, 2 on usage.
+"""
+
+import argparse
+import sys
+
+import numpy as np
+
+__all__ = ["main", "builtin_network", "load_network_file"]
+
+
+def builtin_network(seed=0):
+    """A small 32-input, 64-LIF, 8-output network with random weights (deterministic)."""
+    from neurofabric.host.network import LIF, Network
+    rng = np.random.default_rng(seed)
+    net = Network()
+    inp = net.input(32, name="input")
+    hid = net.population(64, LIF(threshold=1000, tau_mem=16), name="hidden")
+    out = net.population(8, LIF(threshold=800, tau_mem=8), name="output")
+    net.connect(inp, hid, weights=rng.normal(300, 300, (32, 64)))
+    net.connect(hid, out, weights=rng.normal(100, 200, (64, 8)))
+    rates = rng.uniform(0.05, 0.3, 32)
+    return net, inp, rates
+
+
+def load_network_file(path):
+    """A feed-forward network from an .npz file: arrays ``w0, w1, ...`` (in, out) in state
+    units, optional ``b0, b1, ...`` biases, optional ``threshold`` (one per layer) and
+    ``rates`` (input spike probability per step, default 0.2). Layers are IF neurons with
+    reset by subtraction."""
+    from neurofabric.host.network import IF, Network, ValidationError
+    data = np.load(path)
+    layers = sorted((k for k in data.files if k.startswith("w") and k[1:].isdigit()), key=lambda k: int(k[1:]))
+    if not layers:
+        raise ValidationError(f"{path}: no weight arrays w0, w1, ... found (has {data.files})", "network", path)
+    thresholds = data["threshold"] if "threshold" in data.files else [1024] * len(layers)
+    net = Network()
+    prev = inp = net.input(data[layers[0]].shape[0], name="input")
+    for i, key in enumerate(layers):
+        w = data[key]
+        bias = data[f"b{i}"] if f"b{i}" in data.files else 0
+        pop = net.population(w.shape[1], IF(threshold=int(thresholds[i])), bias=bias, name=f"layer{i}")
+        net.connect(prev, pop, weights=w)
+        prev = pop
+    rates = data["rates"] if "rates" in data.files else np.full(inp.size, 0.2)
+    return net, inp, rates
+
+
+def _info(args):
+    from neurofabric.host.chip import open_backend
+    backend = open_backend(args.device)
+    try:
+        info = backend.identify()
+    finally:
+        backend.close()
+    print(f"device {args.device}: build {info.build or '?'}, version {info.version}")
+    print(f"  {info.cores} core(s) x {info.neurons} neurons x {info.axons} axons, {info.lanes} lanes")
+    print(f"  {info.route_entries} route entries, input queue {info.input_queue} events")
+    return 0
+
+
+def _run(args):
+    from neurofabric.host.chip import Chip
+    from neurofabric.host.encoding import bernoulli_encode
+    net, inp, rates = builtin_network(args.seed) if args.network == "builtin" else load_network_file(args.network)
+    events = bernoulli_encode(np.asarray(rates, dtype=np.float64), args.steps, seed=args.seed)
+    with Chip.open(args.device) as chip:
+        compiled = chip.load(net)
+        print(compiled.summary())
+        result = chip.run({inp: events}, steps=args.steps, progress=args.progress or None)
+        for pop in result.recorded:
+            counts = result.counts(pop)
+            print(f"{pop.name}: {int(counts.sum())} spikes over {args.steps} steps; per neuron "
+                  f"min {counts.min()} mean {counts.mean():.2f} max {counts.max()}")
+        print("counters:", ", ".join(f"{k}={v}" for k, v in chip.stats().items()))
+    return 0
+
+
+def _demo(args):
+    from neurofabric.host.demo import format_summary, run_demo
+    summary = run_demo(device=args.device, steps=args.steps, hidden=args.hidden, out_dir=args.out,
+                       limit=args.limit, compare=not args.no_compare, progress=False if args.quiet else True)
+    print(format_summary(summary))
+    print(f"wrote {args.out}/raster.png, confusion.png, summary.json")
+    return 0
+
+
+def _sim_server(args, rest):
+    try:
+        from neurofabric.sim import device
+    except ImportError as e:
+        print(f"neurofabric sim-server: the Verilator sim device (neurofabric.sim.device) is not available: {e}",
+              file=sys.stderr)
+        return 1
+    if not hasattr(device, "main"):
+        print("neurofabric sim-server: neurofabric.sim.device has no main(argv) entry point", file=sys.stderr)
+        return 1
+    return device.main(rest) or 0
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="neurofabric", description="neurofabric host tools")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("info", help="identify the chip at --device")
+    p.add_argument("--device", default="model", help="model, sim, serial://PORT or socket://HOST:PORT")
+    p.set_defaults(func=_info)
+
+    p = sub.add_parser("run", help="load a small network (built-in or .npz) and run it")
+    p.add_argument("--device", default="model")
+    p.add_argument("--network", default="builtin", help="'builtin' or an .npz file (see docs/host.md)")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--progress", action="store_true", help="show a progress bar")
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser("demo", help="ANN->SNN digits classification on the chip")
+    p.add_argument("--device", default="sim", help="default: sim (use --device model for the numpy model)")
+    p.add_argument("--steps", type=int, default=16, help="input time steps per sample (T)")
+    p.add_argument("--hidden", type=int, default=128, help="hidden layer size")
+    p.add_argument("--out", default="build/demo", help="output folder for the plots and summary.json")
+    p.add_argument("--limit", type=int, default=None, help="classify only the first N test samples")
+    p.add_argument("--no-compare", action="store_true", help="skip the spike comparison with the model")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser("sim-server", help="start the Verilator sim device (arguments pass through)",
+                       add_help=False)
+    p.set_defaults(func=None)
+    return parser
+
+
+def main(argv=None):
+    from neurofabric.host.backend import BackendError
+    from neurofabric.host.network import ValidationError
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["sim-server"]:
+        return _sim_server(None, argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValidationError, BackendError, ValueError, OSError) as e:
+        print(f"neurofabric {args.command}: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
