@@ -1,0 +1,189 @@
+"""cocotb bench for the Verilated NeuronCore (launched by tests/test_core_cocotb.py).
+
+Parameters come from the environment: NF_CORE = "neurons,axons,lanes", NF_CORE_SEED, NF_STEPS.
+Each test resets the core, loads a random configuration and initial state (the same generator as
+tests/test_core.py, applied to a one-core ChipModel) through ``mem``, then runs steps: events of
+the next step are offered while the current sweep runs, some only just before the next ``step``
+pulse (still integrating when it comes); ``spike_out`` is drained with a random ready pattern.
+After every step the spikes (in order) and u, v, refractory, theta of every neuron (read through
+``mem``) must equal the model's, bit for bit.
+"""
+
+import os
+import random
+
+import cocotb
+from cocotb.clock import Clock
+from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge
+from test_core import PROFILE_FIELDS, STATE_FIELDS, Scenario, profile_value
+
+from neurofabric.hdl.protocol import CoreRegister, MemorySpace, MemRequest
+
+
+def mem_request(space, addr, data, write):
+    return MemRequest.const({"addr": addr, "data": data & 0xFFFF_FFFF, "mem": space, "core": 0,
+                             "write": int(write)}).as_bits()
+
+
+def to_signed32(word):
+    return word - (1 << 32) if word & (1 << 31) else word
+
+
+class Driver:
+    def __init__(self, dut, scenario, ready_probability, seed):
+        self.dut, self.scenario = dut, scenario
+        self.ready_probability = ready_probability
+        self.ready_rng = random.Random(seed)
+        self.spikes = []
+
+    async def reset(self):
+        dut = self.dut
+        cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
+        dut.rst.value = 1
+        dut.axon_in__valid.value = 0
+        dut.step.value = 0
+        dut.spike_out__ready.value = 0
+        dut.mem__valid.value = 0
+        dut.mem_resp__ready.value = 0
+        for _ in range(3):
+            await RisingEdge(dut.clk)
+        dut.rst.value = 0
+
+    async def mem(self, space, addr, data=0, write=False, budget=200):
+        dut = self.dut
+        await FallingEdge(dut.clk)
+        dut.mem__payload.value = mem_request(space, addr, data, write)
+        dut.mem__valid.value = 1
+        dut.mem_resp__ready.value = 1
+        for _ in range(budget):
+            await ReadOnly()
+            accepted = int(dut.mem__ready.value)
+            await FallingEdge(dut.clk)
+            if accepted:
+                break
+        else:
+            raise AssertionError(f"{space.name} request not accepted within {budget} cycles")
+        dut.mem__valid.value = 0
+        for _ in range(budget):
+            await ReadOnly()
+            if int(dut.mem_resp__valid.value):
+                response = int(dut.mem_resp__payload.value)
+                await FallingEdge(dut.clk)
+                dut.mem_resp__ready.value = 0
+                return to_signed32(response)
+            await FallingEdge(dut.clk)
+        raise AssertionError(f"no response to a {space.name} request within {budget} cycles")
+
+    async def load(self):
+        s = self.scenario
+        core = s.model.cores[0]
+        N, A = s.neurons, s.axons
+        writes = [(MemorySpace.WEIGHT, a * N + n, int(core.weights[a, n]))
+                  for a in range(A) for n in range(N)]
+        writes.append((MemorySpace.CORE, CoreRegister.WEIGHT_EXP.value, core.weight_exp))
+        writes += [(MemorySpace.NEURON, n, (int(core.bias[n]) & 0xFF_FFFF) | int(core.profile[n]) << 24)
+                   for n in range(N)]
+        writes += [(MemorySpace.PROFILE, p * 8 + field.value, profile_value(profile, name))
+                   for p, profile in enumerate(s.profiles) for field, name in PROFILE_FIELDS.items()]
+        writes += [(MemorySpace.STATE, n * 4 + field.value, int(s.initial[name][n]))
+                   for n in range(N) for field, name in STATE_FIELDS.items()]
+        for space, addr, data in writes:
+            assert await self.mem(space, addr, data, write=True) == 0, f"write {space.name}[{addr}]"
+        for space, addr, data in writes[::7]:
+            got = await self.mem(space, addr)
+            if space is MemorySpace.NEURON:
+                got &= 0xFFFF_FFFF
+            assert got == data, f"read back {space.name}[{addr}] = {got}, wrote {data}"
+
+    async def drive(self, events, pulse, until_idle, budget):
+        """Offer `events` (the first together with a `step` pulse if `pulse`), drain spike_out
+        with the ready pattern, until the events are taken (and the core is idle)."""
+        dut = self.dut
+        queue = list(events)
+        for cycle in range(budget):
+            await FallingEdge(dut.clk)
+            pulsing = pulse and cycle == 0
+            dut.step.value = int(pulsing)
+            offering = bool(queue)
+            dut.axon_in__valid.value = int(offering)
+            if offering:
+                dut.axon_in__payload.value = queue[0]
+            ready = self.ready_probability >= 1.0 or self.ready_rng.random() < self.ready_probability
+            dut.spike_out__ready.value = int(ready)
+            await ReadOnly()
+            if offering and int(dut.axon_in__ready.value):
+                queue.pop(0)
+            if ready and int(dut.spike_out__valid.value):
+                self.spikes.append(int(dut.spike_out__payload.value))
+            if not offering and not pulsing and (not until_idle or not int(dut.busy.value)):
+                break
+        else:
+            raise AssertionError(f"{len(queue)} events left / still busy after {budget} cycles")
+        await FallingEdge(dut.clk)
+        dut.axon_in__valid.value = 0
+        dut.step.value = 0
+        dut.spike_out__ready.value = 0
+
+    async def run(self):
+        s = self.scenario
+        rng = random.Random(s.rng.random())
+        N = s.neurons
+        # cycles: an event takes neurons/lanes, a sweep neurons + ~10 (longer under back-pressure)
+        slowdown = 1 / max(self.ready_probability, 0.05)
+        budget = int(4 * slowdown * (N + 50) + 4 * (N // s.lanes + 2) * max(map(len, s.events)))
+        await self.load()
+        await self.drive(s.events[0], pulse=False, until_idle=True, budget=budget)
+        spike_total = 0
+        for t in range(s.steps):
+            s.model.inject(t, [(0, a) for a in s.events[t]])
+            expected = [n for _, _, n in s.model.step()]
+            following = s.events[t + 1] if t + 1 < s.steps else []
+            early = following[:rng.randint(0, len(following))]
+            late = following[len(early):]
+            before = len(self.spikes)
+            await self.drive(early, pulse=True, until_idle=True, budget=budget)
+            got = self.spikes[before:]
+            assert got == expected, f"step {t}: spikes {got}, model {expected}"
+            spike_total += len(got)
+            want = s.model.state(0)
+            for n in range(N):
+                for field, name in STATE_FIELDS.items():
+                    value = await self.mem(MemorySpace.STATE, n * 4 + field.value)
+                    assert value == want[name][n], \
+                        f"step {t}: neuron {n} {name} = {value}, model {want[name][n]}"
+            await self.drive(late, pulse=False, until_idle=False, budget=budget)
+        self.dut._log.info(f"{s.steps} steps, {sum(map(len, s.events))} events, {spike_total} "
+                           "spikes: all match the model")
+        assert spike_total > 0, "no spikes: the scenario would not test firing"
+
+
+async def run_case(dut, ready_probability, extreme, salt):
+    neurons, axons, lanes = map(int, os.environ["NF_CORE"].split(","))
+    seed = int(os.environ["NF_CORE_SEED"]) + salt
+    steps = int(os.environ.get("NF_STEPS", "12"))
+    dut._log.info(f"NeuronCore({neurons}, {axons}, {lanes}) ready={ready_probability} "
+                  f"extreme={extreme} seed={seed}")
+    driver = Driver(dut, Scenario(neurons, axons, lanes, seed, steps, extreme), ready_probability,
+                    seed ^ 0x5A5A)
+    await driver.reset()
+    await driver.run()
+
+
+@cocotb.test()
+async def core_ready_full(dut):
+    await run_case(dut, 1.0, extreme=False, salt=0)
+
+
+@cocotb.test()
+async def core_ready_half(dut):
+    await run_case(dut, 0.5, extreme=False, salt=1)
+
+
+@cocotb.test()
+async def core_ready_tenth(dut):
+    await run_case(dut, 0.1, extreme=False, salt=2)
+
+
+@cocotb.test()
+async def core_extremes(dut):
+    await run_case(dut, 0.5, extreme=True, salt=3)
