@@ -21,7 +21,7 @@ import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 from neurofabric.sim.toolchain import scripts_dir, verilator_env, verilator_root
-from neurofabric.sim.verilator import MAKE_JOBS, VERILATOR_FLAGS, to_verilog, verilog_cache_key
+from neurofabric.sim.verilator import MAKE_JOBS, PCH_MAKE_ARG, VERILATOR_FLAGS, to_verilog, verilog_cache_key
 
 __all__ = ["run_cocotb", "cocotb_build", "parse_results"]
 
@@ -58,6 +58,7 @@ def _runner_class():
             for command in commands:
                 if command and command[0] == "make" and "-j" in command:
                     command[command.index("-j") + 1] = str(MAKE_JOBS)
+                    command.append(PCH_MAKE_ARG)
             return commands
 
     return NeurofabricVerilator
@@ -75,7 +76,7 @@ def cocotb_build(verilog, toplevel="top", *, waves=False):
     from neurofabric.sim.toolchain import cached_build
 
     flags = [*VERILATOR_FLAGS]
-    key = verilog_cache_key("cocotb", verilog, toplevel, flags, [list(TIMESCALE), bool(waves)])
+    key = verilog_cache_key("cocotb", verilog, toplevel, [*flags, PCH_MAKE_ARG], [list(TIMESCALE), bool(waves)])
 
     def build(staging):
         source = staging / f"{toplevel}.v"

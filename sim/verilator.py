@@ -24,16 +24,18 @@ from amaranth.back import verilog as verilog_backend
 from neurofabric.sim.toolchain import cache_key, cached_build, tool_versions, verilator_env, verilator_root
 
 __all__ = [
-    "VERILATOR_FLAGS", "MAKE_JOBS", "VerilatorBuildError", "to_verilog", "build_executable",
+    "VERILATOR_FLAGS", "PCH_MAKE_ARG", "MAKE_JOBS", "VerilatorBuildError", "to_verilog", "build_executable",
     "verilog_cache_key",
 ]
 
 #: Flags every neurofabric Verilator build uses. Amaranth's Verilog mixes widths freely
-#: (-Wno-WIDTH); `--assert` makes the gateware's `Assert`s fire in simulation.
-# -Wno-WIDTH: Amaranth's Verilog relies on implicit widening. The wheel's verilated.mk leaves
-# CFG_CXXFLAGS_PCH_I empty, which breaks the precompiled-header include of designs large enough
-# to be split into several C++ files; pass the GCC spelling explicitly.
-VERILATOR_FLAGS = ("-Wno-WIDTH", "--assert", "-MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include")
+#: (-Wno-WIDTH) and emits `casez` without a default for Array indexing (-Wno-CASEINCOMPLETE);
+#: `--assert` makes the gateware's `Assert`s fire in simulation. The wheel's verilated.mk leaves
+#: CFG_CXXFLAGS_PCH_I empty, which breaks the precompiled-header include of designs large enough
+#: to be split into several C++ files, so the GCC spelling is passed to make explicitly.
+VERILATOR_FLAGS = ("-Wno-WIDTH", "-Wno-CASEINCOMPLETE", "--assert")
+#: The make variable the wheel's verilated.mk lacks (see above), for every make of a Verilated model.
+PCH_MAKE_ARG = "CFG_CXXFLAGS_PCH_I=-include"
 
 #: At most this many parallel `make` jobs per build (the machine has two cores).
 MAKE_JOBS = 2
@@ -92,7 +94,7 @@ def build_executable(verilog, top, cpp_sources, flags=()):
     if not isinstance(verilog, str) or f"module {top}" not in verilog:
         raise ValueError(f"verilog: expected Verilog text defining module {top!r}")
     cpp_sources = [Path(s).resolve() for s in cpp_sources]
-    all_flags = [*VERILATOR_FLAGS, *flags]
+    all_flags = [*VERILATOR_FLAGS, "-MAKEFLAGS", PCH_MAKE_ARG, *flags]
     key = verilog_cache_key("exe", verilog, top, all_flags, [_sources_digest(cpp_sources)])
 
     def build(staging):

@@ -17,11 +17,8 @@ CORE = (48, 20, 16)      # neurons, axons, lanes: 3 words per row
 
 
 @pytest.mark.verilator
-def test_core_verilator_against_model(monkeypatch):
+def test_core_verilator_against_model():
     from neurofabric.sim import cocotb as sim_cocotb  # noqa: PLC0415 (needs the sim extra)
-
-    # Amaranth emits `casez` without a default for Array indexing and Switch
-    monkeypatch.setattr(sim_cocotb, "VERILATOR_FLAGS", (*sim_cocotb.VERILATOR_FLAGS, "-Wno-CASEINCOMPLETE", "--output-split", "0"))
 
     seed = int(os.environ.get("NEUROFABRIC_SEED", random.randrange(1 << 30)))
     print(f"NeuronCore{CORE}: NEUROFABRIC_SEED={seed}")
