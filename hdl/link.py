@@ -13,19 +13,21 @@ than seq + command + CRC is NAKed ``BAD_FRAMING``; a CRC mismatch is NAKed ``BAD
 A receive watchdog discards a half-received frame after ``rx_timeout`` idle cycles and drops
 bytes until the next ``0x00``.
 
-Execution: a good frame whose seq equals the seq of the last executed command replays that
-command's stored reply without executing it again. Otherwise the command's fields are all
-validated (length, space, core, count, address range, every injected event) before anything
-is sent to the chip, so a NAKed frame changes no state. Memory accesses are issued one at a
-time (request, then its response). Replies are built in a reply buffer with their CRC, then
-COBS-encoded to ``tx`` (about two cycles per byte). NAK replies go to a separate part of the
+Execution: one cycle registers the field checks that need adders (DECODE), then a good frame
+whose seq equals the seq of the last executed command replays that command's stored reply
+without executing it again. Otherwise the command's fields are all validated (length, space,
+core, count, address range, every injected event) before anything is sent to the chip, so a
+NAKed frame changes no state. Memory accesses are issued one at a time (request, then its
+response). Replies are built in a reply buffer with their CRC, then COBS-encoded to ``tx``
+(about two cycles per byte: each block is scanned with the read address running ahead and
+the data judged from registered flags, then copied). NAK replies go to a separate part of the
 buffer so the stored reply of the last executed command survives them.
 
 While a frame is executed or a reply is sent, ``rx.ready`` is low: the protocol is
 stop-and-wait, so a well-behaved host never sends then.
 """
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal
+from amaranth.hdl import Array, Assert, Cat, Const, Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.crc import catalog
 from amaranth.lib.memory import Memory
@@ -146,6 +148,19 @@ class HostLink(wiring.Component):
         payload_end = Signal.like(rx_len)
         m.d.comb += payload_end.eq(rx_len - LINK_CRC_BYTES)
 
+        # --- decoded checks, registered one cycle after the frame ends (DECODE) -----------------
+        mem_fields_bad = Signal()
+        write_count_bad = Signal()
+        read_count_bad = Signal()
+        write_length_bad = Signal()
+        output_max_bad = Signal()
+        length_is = {n: Signal(name=f"length_is_{n}") for n in (0, 2, 4, LINK_MEM_HEADER_BYTES)}
+        length_short = Signal()                 # shorter than the memory-command header
+        length_mod5_bad = Signal()
+        mem_addr = Signal(24)                   # address of the next MemRequest
+        words_left = Signal(16)                 # words of WRITE/READ not yet requested/answered
+        mem_valid = Signal()                    # the MemRequest is offered from registers only
+
         # --- replay state --------------------------------------------------------------------------
         have_reply = Signal()
         last_seq = Signal(8)
@@ -179,11 +194,16 @@ class HostLink(wiring.Component):
         block_len = Signal(8)
         block_left = Signal(8)
         block_zero = Signal()                   # the scanned block stopped at a zero byte
+        scan_primed = Signal()                  # scan_zero/scan_end describe block_start + block_len
+        scan_zero = Signal()
+        scan_end = Signal()
 
         identify_bytes = Array(Const(b, 8) for b in identify_payload(shape, self.input_queue))
 
         def reply_byte(value, first=False):
             """Append `value` to the reply being built (and to its CRC)."""
+            m.d.comb += Assert(reply_ptr < Mux(reply_base == 0, NAK_BASE, REPLY_BUFFER_BYTES),
+                               "reply overruns its part of the reply buffer")
             m.d.comb += [
                 reply_write.addr.eq(reply_ptr), reply_write.data.eq(value), reply_write.en.eq(1),
                 tx_crc.data.eq(value), tx_crc.valid.eq(1), tx_crc.start.eq(first),
@@ -222,6 +242,15 @@ class HostLink(wiring.Component):
             with m.Else():
                 m.d.sync += rx_overflow.eq(1)
 
+        m.d.comb += [
+            self.mem.valid.eq(mem_valid),
+            self.mem.payload.write.eq(command == LinkCommand.WRITE_MEMORY),
+            self.mem.payload.mem.eq(space),
+            self.mem.payload.core.eq(core),
+            self.mem.payload.addr.eq(mem_addr),
+            self.mem.payload.data.eq(word),
+        ]
+
         with m.FSM(name="link"):
             with m.State("RECEIVE"):
                 m.d.comb += [self.rx.ready.eq(1), self.idle.eq(1)]
@@ -242,7 +271,7 @@ class HostLink(wiring.Component):
                             nak(LinkStatus.BAD_CRC)
                         with m.Else():
                             m.d.sync += [rx_len.eq(rx_len), rx_mod5.eq(rx_mod5)]   # keep for execution
-                            m.next = "DISPATCH"
+                            m.next = "DECODE"
                     with m.Elif(~hunting):
                         m.d.sync += rx_any.eq(1)
                         with m.If(~rx_any):
@@ -262,25 +291,40 @@ class HostLink(wiring.Component):
                     with m.Else():
                         m.d.sync += watchdog.eq(watchdog + 1)
 
+            # Field checks that need adders are registered here, off the dispatch path.
+            with m.State("DECODE"):
+                m.d.sync += [
+                    mem_fields_bad.eq((space >= len(MemorySpace)) | (core >= shape.cores) |
+                                      (addr + count > (1 << 24))),
+                    write_count_bad.eq(count > LINK_MAX_WRITE_WORDS),
+                    read_count_bad.eq(count > LINK_MAX_READ_WORDS),
+                    write_length_bad.eq(payload_len != LINK_MEM_HEADER_BYTES + 4 * count),
+                    output_max_bad.eq(output_max > LINK_MAX_OUTPUT_EVENTS),
+                    length_short.eq(payload_len < LINK_MEM_HEADER_BYTES),
+                    length_mod5_bad.eq(rx_mod5 != (MIN_FRAME_BYTES % 5)),
+                    *(flag.eq(payload_len == n) for n, flag in length_is.items()),
+                    mem_addr.eq(addr),
+                    words_left.eq(count),
+                ]
+                m.next = "DISPATCH"
+
             with m.State("DISPATCH"):
-                mem_fields_bad = ((space >= len(MemorySpace)) | (core >= shape.cores) |
-                                  (addr + count > (1 << 24)))
                 m.d.comb += rx_ptr_next.eq(LINK_HEADER_BYTES + LINK_MEM_HEADER_BYTES)
                 m.d.sync += [item_index.eq(0), byte_index.eq(0)]
                 with m.If(have_reply & (seq == last_seq)):
                     m.d.sync += [tx_ptr.eq(0), tx_end.eq(stored_end)]
                     m.next = "TX-START"
                 with m.Elif(command == LinkCommand.IDENTIFY):
-                    with m.If(payload_len != 0):
+                    with m.If(~length_is[0]):
                         nak(LinkStatus.BAD_LENGTH)
                     with m.Else():
                         ack(exec_states.index("EXEC-IDENTIFY"))
                 with m.Elif(command == LinkCommand.WRITE_MEMORY):
-                    with m.If(payload_len < LINK_MEM_HEADER_BYTES):
+                    with m.If(length_short):
                         nak(LinkStatus.BAD_LENGTH)
-                    with m.Elif(mem_fields_bad | (count > LINK_MAX_WRITE_WORDS)):
+                    with m.Elif(mem_fields_bad | write_count_bad):
                         nak(LinkStatus.OUT_OF_RANGE)
-                    with m.Elif(payload_len != LINK_MEM_HEADER_BYTES + 4 * count):
+                    with m.Elif(write_length_bad):
                         nak(LinkStatus.BAD_LENGTH)
                     with m.Elif(self.running):
                         nak(LinkStatus.BUSY)
@@ -289,9 +333,9 @@ class HostLink(wiring.Component):
                     with m.Else():
                         ack(exec_states.index("EXEC-WRITE-BYTES"))
                 with m.Elif(command == LinkCommand.READ_MEMORY):
-                    with m.If(payload_len != LINK_MEM_HEADER_BYTES):
+                    with m.If(~length_is[LINK_MEM_HEADER_BYTES]):
                         nak(LinkStatus.BAD_LENGTH)
-                    with m.Elif(mem_fields_bad | (count > LINK_MAX_READ_WORDS)):
+                    with m.Elif(mem_fields_bad | read_count_bad):
                         nak(LinkStatus.OUT_OF_RANGE)
                     with m.Elif(count == 0):
                         ack(exec_states.index("REPLY-CRC"))
@@ -299,24 +343,24 @@ class HostLink(wiring.Component):
                         ack(exec_states.index("EXEC-READ-REQUEST"))
                 with m.Elif(command == LinkCommand.INJECT):
                     m.d.comb += rx_ptr_next.eq(LINK_HEADER_BYTES)
-                    with m.If(rx_mod5 != (MIN_FRAME_BYTES % 5)):
+                    with m.If(length_mod5_bad):
                         nak(LinkStatus.BAD_LENGTH)
                     with m.Else():
                         m.next = "CHECK-INJECT-BYTES"
                 with m.Elif(command == LinkCommand.RUN):
-                    with m.If(payload_len != 4):
+                    with m.If(~length_is[4]):
                         nak(LinkStatus.BAD_LENGTH)
                     with m.Else():
                         ack(exec_states.index("EXEC-RUN"))
                 with m.Elif(command == LinkCommand.READ_OUTPUT):
-                    with m.If(payload_len != 2):
+                    with m.If(~length_is[2]):
                         nak(LinkStatus.BAD_LENGTH)
-                    with m.Elif(output_max > LINK_MAX_OUTPUT_EVENTS):
+                    with m.Elif(output_max_bad):
                         nak(LinkStatus.OUT_OF_RANGE)
                     with m.Else():
                         ack(exec_states.index("EXEC-OUTPUT-POLL"))
                 with m.Elif(command == LinkCommand.RESET):
-                    with m.If(payload_len != 0):
+                    with m.If(~length_is[0]):
                         nak(LinkStatus.BAD_LENGTH)
                     with m.Else():
                         ack(exec_states.index("REPLY-CRC"))
@@ -369,41 +413,34 @@ class HostLink(wiring.Component):
                 with m.If(byte_index == 3):
                     m.d.sync += byte_index.eq(0)
                     m.next = "EXEC-WRITE-REQUEST"
+            # Requests come from registers (a cycle to raise `valid`): no path from the state
+            # decode into the chip.
             with m.State("EXEC-WRITE-REQUEST"):
-                m.d.comb += [
-                    self.mem.valid.eq(1),
-                    self.mem.payload.write.eq(1),
-                    self.mem.payload.mem.eq(space),
-                    self.mem.payload.core.eq(core),
-                    self.mem.payload.addr.eq(addr + item_index),
-                    self.mem.payload.data.eq(word),
-                ]
-                with m.If(self.mem.ready):
+                with m.If(~mem_valid):
+                    m.d.sync += mem_valid.eq(1)
+                with m.Elif(self.mem.ready):
+                    m.d.sync += [mem_valid.eq(0), mem_addr.eq(mem_addr + 1)]
                     m.next = "EXEC-WRITE-RESPONSE"
             with m.State("EXEC-WRITE-RESPONSE"):
                 m.d.comb += self.mem_resp.ready.eq(1)
                 with m.If(self.mem_resp.valid):
-                    m.d.sync += item_index.eq(item_index + 1)
-                    with m.If(item_index + 1 == count):
+                    m.d.sync += words_left.eq(words_left - 1)
+                    with m.If(words_left == 1):
                         m.next = "REPLY-CRC"
                     with m.Else():
                         m.next = "EXEC-WRITE-BYTES"
 
             # READ_MEMORY: request, response, its four bytes into the reply; `count` times.
             with m.State("EXEC-READ-REQUEST"):
-                m.d.comb += [
-                    self.mem.valid.eq(1),
-                    self.mem.payload.write.eq(0),
-                    self.mem.payload.mem.eq(space),
-                    self.mem.payload.core.eq(core),
-                    self.mem.payload.addr.eq(addr + item_index),
-                ]
-                with m.If(self.mem.ready):
+                with m.If(~mem_valid):
+                    m.d.sync += mem_valid.eq(1)
+                with m.Elif(self.mem.ready):
+                    m.d.sync += [mem_valid.eq(0), mem_addr.eq(mem_addr + 1)]
                     m.next = "EXEC-READ-RESPONSE"
             with m.State("EXEC-READ-RESPONSE"):
                 m.d.comb += self.mem_resp.ready.eq(1)
                 with m.If(self.mem_resp.valid):
-                    m.d.sync += [out_word.eq(self.mem_resp.payload), item_index.eq(item_index + 1),
+                    m.d.sync += [out_word.eq(self.mem_resp.payload), words_left.eq(words_left - 1),
                                  byte_index.eq(0)]
                     m.next = "EXEC-READ-BYTES"
             with m.State("EXEC-READ-BYTES"):
@@ -411,7 +448,7 @@ class HostLink(wiring.Component):
                 m.d.sync += byte_index.eq(byte_index + 1)
                 with m.If(byte_index == 3):
                     m.d.sync += byte_index.eq(0)
-                    with m.If(item_index == count):
+                    with m.If(words_left == 0):
                         m.next = "REPLY-CRC"
                     with m.Else():
                         m.next = "EXEC-READ-REQUEST"
@@ -459,6 +496,8 @@ class HostLink(wiring.Component):
 
             # CRC-32 of the reply, little-endian; then the reply is sent.
             with m.State("REPLY-CRC"):
+                m.d.comb += Assert(reply_ptr < Mux(reply_base == 0, NAK_BASE, REPLY_BUFFER_BYTES),
+                                   "reply CRC overruns its part of the reply buffer")
                 m.d.comb += [
                     reply_write.addr.eq(reply_ptr), reply_write.en.eq(1),
                     reply_write.data.eq(tx_crc.crc.word_select(byte_index[:2], 8)),
@@ -478,24 +517,23 @@ class HostLink(wiring.Component):
                 m.d.sync += [block_start.eq(tx_ptr), block_len.eq(0)]
                 with m.If(self.tx.ready):
                     m.next = "TX-SCAN"
+            # The read address runs ahead every cycle, whatever the data, and the data is judged
+            # one cycle later from registered flags: no path from the buffer's output to its
+            # address or to the state. TX-CODE rewinds to the block start.
             with m.State("TX-SCAN"):
-                with m.If(block_len == 254):
-                    m.d.sync += block_zero.eq(0)
-                    m.next = "TX-CODE"
-                with m.Elif(tx_ptr == tx_end):
-                    m.d.sync += block_zero.eq(0)
-                    m.next = "TX-CODE"
-                with m.Elif(reply_read.data == 0):
-                    m.d.sync += block_zero.eq(1)
-                    m.next = "TX-CODE"
-                with m.Else():
-                    m.d.sync += block_len.eq(block_len + 1)
-                    m.d.comb += tx_ptr_next.eq(tx_ptr + 1)
+                m.d.comb += tx_ptr_next.eq(tx_ptr + 1)
+                m.d.sync += [scan_primed.eq(1), scan_zero.eq(reply_read.data == 0), scan_end.eq(tx_ptr == tx_end)]
+                with m.If(scan_primed):
+                    with m.If((block_len == 254) | scan_end | scan_zero):
+                        m.d.sync += [block_zero.eq((block_len != 254) & ~scan_end), scan_primed.eq(0)]
+                        m.next = "TX-CODE"
+                    with m.Else():
+                        m.d.sync += block_len.eq(block_len + 1)
             with m.State("TX-CODE"):
-                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(block_len + 1)]
+                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(block_len + 1),
+                             tx_ptr_next.eq(block_start)]
+                m.d.sync += block_left.eq(block_len)
                 with m.If(self.tx.ready):
-                    m.d.comb += tx_ptr_next.eq(block_start)
-                    m.d.sync += block_left.eq(block_len)
                     with m.If(block_len == 0):
                         m.next = "TX-NEXT"
                     with m.Else():

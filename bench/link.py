@@ -1,0 +1,219 @@
+"""Benchmark of the host link: sim device speed, host streaming rate, UART efficiency.
+
+    python bench/link.py [--json FILE] [--chip loopback|chip] [--events N] [--seconds S]
+
+* ``sim_cycles_per_s``: clock cycles per second of the Verilator sim device
+  (``neurofabric.sim.device``) while it clocks without pause: the host sends RUN 2**31 and
+  waits; the chip runs until its output fills and stalls, and the harness keeps clocking
+  (``running`` is high). Cycles are the count the device prints on exit, over the wall time
+  from the RUN to the disconnect. Measured for the LoopbackChip and, with ``--chip chip``
+  (default when ``neurofabric.hdl.chip`` builds), for the real chip.
+* ``host_events_per_s``: input events streamed host -> sim device -> host through the
+  LoopbackChip (each injected event comes back as a spike): rounds of INJECT (200 events,
+  one step) + RUN 1 + READ_OUTPUT polls through ``LinkBackend`` over TCP, events returned
+  per wall-clock second.
+* ``uart_efficiency``: the UART path (``UartLinkedChip``, divisor 4) simulated in pysim,
+  bit by bit, with a host that sends each frame as soon as the previous reply ended:
+  payload bytes moved / (elapsed bit times / 10), for a full INJECT frame (204 events, 1020
+  payload bytes, reply empty) and a READ_OUTPUT frame returning 200 events (800 bytes). From
+  it, ``uart_3mbaud_*_events_per_s`` = efficiency x 300 000 bytes/s / bytes per event.
+
+* ``link_ice40_up5k``, ``link_ecp5_85f`` (unless ``--no-synth``): ``UartLinkedChip`` with the
+  LoopbackChip (divisor 8) through yosys + nextpnr (``neurofabric.boards.synth.synthesize``):
+  fmax and resources of the host link + UART (the loopback chip adds a 512-word memory and
+  two 16-entry FIFOs; the harness's shift registers are counted too).
+
+Figures are measurements, not assertions.
+"""
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from neurofabric.hdl.protocol import LinkCommand, LinkStatus
+from neurofabric.host.link import LinkBackend, build_frame, inject_request, parse_body, run_request
+from neurofabric.host.model import ChipShape
+from neurofabric.host.transport import SerialTransport
+from neurofabric.sim.device import SimDevice, build_device
+
+LOOPBACK_SHAPE = ChipShape(cores=2, neurons=64, axons=256, lanes=8, route_entries=64)
+CHIP_SHAPE = ChipShape(cores=2, neurons=64, axons=64, lanes=8, route_entries=256)
+
+
+def sim_cycles_per_s(shape, chip, seconds):
+    executable = build_device(shape, chip=chip)
+    with SimDevice(shape, executable=executable) as device:
+        backend = LinkBackend(SerialTransport(device.url), timeout=5.0)
+        start = time.monotonic()
+        backend.command(*run_request((1 << 31) - 1))
+        time.sleep(seconds)
+        backend.close()
+        device.process.wait(10)
+        elapsed = time.monotonic() - start
+    return device.cycles() / elapsed, device.cycles(), elapsed
+
+
+def host_events_per_s(events, seed):
+    executable = build_device(LOOPBACK_SHAPE, chip="loopback:256")
+    rng = np.random.default_rng(seed)
+    with SimDevice(LOOPBACK_SHAPE, executable=executable) as device:
+        backend = LinkBackend(SerialTransport(device.url), timeout=5.0)
+        per_round = 200
+        returned = 0
+        start = time.monotonic()
+        step = 0
+        while returned < events:
+            batch = np.stack([np.full(per_round, step), rng.integers(0, 2, per_round),
+                              np.sort(rng.integers(0, LOOPBACK_SHAPE.axons, per_round))], axis=1)
+            batch = batch[np.lexsort((batch[:, 2], batch[:, 1]))]
+            backend.inject(batch)
+            spikes = backend.run(1)
+            if len(spikes) != per_round:
+                raise RuntimeError(f"expected {per_round} spikes back, got {len(spikes)}")
+            returned += len(spikes)
+            step += 1
+        elapsed = time.monotonic() - start
+        stats = dict(backend.stats)
+        backend.close()
+    return returned / elapsed, stats
+
+
+def uart_efficiency(divisor=4):
+    from amaranth.sim import Simulator
+
+    from neurofabric.hdl.top import UartLinkedChip
+    from neurofabric.host.link import FrameReader
+    from neurofabric.sim.device import loopback_factory
+
+    shape = LOOPBACK_SHAPE
+    dut = UartLinkedChip(shape, divisor=divisor, chip_factory=lambda s: loopback_factory(s, 256))
+    inject_events = [[0, 0, i] for i in range(204)]
+    frames = [
+        ("inject", build_frame(1, *inject_request(inject_events)), 1020),
+        ("run", build_frame(2, *run_request(1)), 4),
+        ("read_output", build_frame(3, LinkCommand.READ_OUTPUT, (200).to_bytes(2, "little")), 2),
+    ]
+    results = {}
+
+    async def send_byte(ctx, byte):
+        for level in [0] + [(byte >> i) & 1 for i in range(8)] + [1]:
+            ctx.set(dut.uart_rx, level)
+            await ctx.tick().repeat(divisor)
+
+    async def host(ctx):
+        await ctx.tick().repeat(10)
+        for name, frame, request_payload in frames:
+            start = 0
+            cycles = 0
+            for byte in frame:
+                await send_byte(ctx, byte)
+                cycles += 10 * divisor
+            start = cycles
+            reader = FrameReader()
+            bodies = []
+            while not bodies:
+                count = 0
+                while ctx.get(dut.uart_tx):
+                    await ctx.tick()
+                    count += 1
+                cycles += count
+                value = 0
+                await ctx.tick().repeat(divisor // 2)
+                for i in range(8):
+                    await ctx.tick().repeat(divisor)
+                    value |= ctx.get(dut.uart_tx) << i
+                await ctx.tick().repeat(divisor + divisor // 2)
+                cycles += 10 * divisor
+                bodies = reader.feed(bytes([value]))
+            reply = parse_body(bodies[0])
+            assert reply is not None and reply.status == LinkStatus.ACK, (name, reply)
+            payload = request_payload + len(reply.payload)
+            results[name] = {"payload_bytes": payload, "cycles": cycles, "request_cycles": start,
+                             "efficiency": payload / (cycles / (10 * divisor))}
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(host)
+    sim.run()
+    return results
+
+
+def synth_figures():
+    from neurofabric.boards.synth import synthesize
+    from neurofabric.hdl.top import UartLinkedChip
+    from neurofabric.sim.device import loopback_factory
+
+    figures = {}
+    for key, family, device, package, mhz in (("link_ice40_up5k", "ice40", "up5k", "sg48", 24),
+                                              ("link_ecp5_85f", "ecp5", "LFE5U-85F", "CABGA381", 100)):
+        shape = ChipShape(cores=1, neurons=256, axons=256, lanes=8, route_entries=1024)
+        result = synthesize(UartLinkedChip(shape, divisor=8, chip_factory=loopback_factory),
+                            family=family, device=device, package=package, clock_mhz=mhz, name=key)
+        figures[key] = {name: getattr(result, name) for name in (
+            "fmax_mhz", "target_mhz", "lut4", "ff", "bram", "spram", "dsp", "carry", "harness_ff", "harness_lut4")}
+        print(f"{key}: {figures[key]}", file=sys.stderr)
+    return figures
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--chip", choices=["loopback", "chip"], default=None,
+                        help="also measure sim_cycles_per_s with the real chip (default: if it builds)")
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--no-synth", action="store_true", help="skip the yosys + nextpnr runs")
+    args = parser.parse_args(argv)
+    seed = args.seed if args.seed is not None else random.randrange(1 << 30)
+    figures = {"seed": seed}
+
+    rate, cycles, elapsed = sim_cycles_per_s(LOOPBACK_SHAPE, "loopback", args.seconds)
+    figures["sim_cycles_per_s"] = rate
+    figures["sim_cycles_per_s_loopback"] = {"cycles_per_s": rate, "cycles": cycles, "seconds": elapsed}
+    print(f"sim device (LoopbackChip): {rate / 1e6:.2f} M cycles/s", file=sys.stderr)
+    if args.chip != "loopback":
+        try:
+            rate, cycles, elapsed = sim_cycles_per_s(CHIP_SHAPE, "chip", args.seconds)
+        except Exception as error:                          # the real chip may not build yet
+            if args.chip == "chip":
+                raise
+            figures["sim_cycles_per_s_chip"] = {"error": f"{type(error).__name__}: {str(error)[:300]}"}
+            print(f"sim device (Chip): not measured: {error!s:.200}", file=sys.stderr)
+        else:
+            figures["sim_cycles_per_s"] = rate
+            figures["sim_cycles_per_s_chip"] = {"cycles_per_s": rate, "cycles": cycles, "seconds": elapsed,
+                                                "shape": CHIP_SHAPE.__dict__}
+            print(f"sim device (Chip {CHIP_SHAPE}): {rate / 1e6:.2f} M cycles/s", file=sys.stderr)
+
+    rate, stats = host_events_per_s(args.events, seed)
+    figures["host_events_per_s"] = rate
+    figures["host_stream"] = stats
+    print(f"host -> sim device -> host: {rate:,.0f} events/s ({stats})", file=sys.stderr)
+
+    uart = uart_efficiency()
+    figures["uart"] = uart
+    figures["uart_efficiency"] = uart["inject"]["efficiency"]
+    figures["uart_3mbaud_inject_events_per_s"] = uart["inject"]["efficiency"] * 300_000 / 5
+    figures["uart_3mbaud_output_events_per_s"] = uart["read_output"]["efficiency"] * 300_000 / 4
+    for name, entry in uart.items():
+        print(f"UART {name}: efficiency {entry['efficiency']:.3f} ({entry['payload_bytes']} payload bytes, "
+              f"{entry['cycles']} cycles at divisor 4)", file=sys.stderr)
+
+    if not args.no_synth:
+        figures.update(synth_figures())
+
+    text = json.dumps(figures, indent=2, default=str)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""The chip joined to its host link, with byte streams (or UART pins) at the top.
+
+:class:`LinkedChip` is what the Verilator sim device wraps and what board tops instantiate
+(through :class:`UartLinkedChip`, which adds the UART PHY of ``neurofabric.hdl.uart``).
+"""
+
+from amaranth.hdl import Module
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from neurofabric.hdl.link import HostLink
+from neurofabric.hdl.uart import UARTReceiver, UARTTransmitter
+
+__all__ = ["LinkedChip", "UartLinkedChip", "default_chip_factory"]
+
+
+def default_chip_factory(shape):
+    """The real chip (``neurofabric.hdl.chip.Chip``)."""
+    from neurofabric.hdl.chip import Chip
+    return Chip(shape)
+
+
+class LinkedChip(wiring.Component):
+    """`chip_factory(shape)` behind a :class:`~neurofabric.hdl.link.HostLink`.
+
+    Ports: ``rx`` (host -> chip bytes), ``tx`` (chip -> host bytes), ``idle`` (the link waits for
+    bytes and the chip is not running: nothing changes until a byte arrives, so a simulator may
+    stop clocking), ``step`` (the chip's current step). ``input_queue`` is reported by IDENTIFY;
+    by default it is the chip's ``input_queue_depth`` attribute if it has one, else 0.
+    """
+
+    rx: In(stream.Signature(8))
+    tx: Out(stream.Signature(8))
+    idle: Out(1)
+    step: Out(32)
+
+    def __init__(self, shape, *, chip_factory=default_chip_factory, input_queue=None, rx_timeout=1_000_000):
+        self.shape = shape
+        self.chip = chip_factory(shape)
+        if input_queue is None:
+            input_queue = getattr(self.chip, "input_queue_depth", 0)
+        self.link = HostLink(shape, input_queue=input_queue, rx_timeout=rx_timeout)
+        super().__init__()
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.chip = chip = self.chip
+        m.submodules.link = link = self.link
+        wiring.connect(m, link.mem, chip.mem)
+        wiring.connect(m, chip.mem_resp, link.mem_resp)
+        wiring.connect(m, link.inject, chip.inject)
+        wiring.connect(m, link.run, chip.run)
+        wiring.connect(m, chip.out, link.out)
+        wiring.connect(m, wiring.flipped(self.rx), link.rx)
+        wiring.connect(m, link.tx, wiring.flipped(self.tx))
+        m.d.comb += [
+            link.running.eq(chip.running),
+            self.idle.eq(link.idle & ~chip.running),
+            self.step.eq(chip.step),
+        ]
+        return m
+
+
+class UartLinkedChip(wiring.Component):
+    """A :class:`LinkedChip` behind an 8N1 UART with clock divisor `divisor` (clock / baud).
+
+    Ports: ``uart_rx`` (input pin, idle high), ``uart_tx`` (output pin), ``rx_errors`` (count of
+    bytes dropped for a bad stop bit or an overrun).
+    """
+
+    uart_rx: In(1, init=1)
+    uart_tx: Out(1, init=1)
+    rx_errors: Out(16)
+
+    def __init__(self, shape, *, divisor, **kwargs):
+        self.linked = LinkedChip(shape, **kwargs)
+        self.receiver = UARTReceiver(divisor)
+        self.transmitter = UARTTransmitter(divisor)
+        super().__init__()
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.linked = linked = self.linked
+        m.submodules.receiver = receiver = self.receiver
+        m.submodules.transmitter = transmitter = self.transmitter
+        wiring.connect(m, receiver.data, linked.rx)
+        wiring.connect(m, linked.tx, transmitter.data)
+        m.d.comb += [
+            receiver.pin.eq(self.uart_rx),
+            self.uart_tx.eq(transmitter.pin),
+            self.rx_errors.eq(receiver.errors),
+        ]
+        return m

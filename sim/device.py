@@ -1,0 +1,220 @@
+"""The chip as a device the host library talks to, in simulation.
+
+- :class:`SimDevice`: the Verilator "sim device": a C++ harness (``sim/cpp/device.cpp``) around
+  the Verilated :class:`~neurofabric.hdl.top.LinkedChip`, serving the host-link byte stream on a
+  TCP socket at 127.0.0.1 (port chosen by the OS). Connect with
+  ``LinkBackend(SerialTransport(device.url))``. The process clocks the design only while it has
+  work (bytes to take or send, a command executing, the chip running) and exits when its client
+  disconnects or its parent dies.
+- :class:`PysimTransport`: the same byte stream against the Amaranth simulator, in-process
+  (slow, but needs no C++ build; the tests of the link use it).
+
+``python -m neurofabric.sim.device [--chip loopback|chip] [--cores N ...]`` runs a sim device
+standalone; it prints ``port N`` (connect to ``socket://127.0.0.1:N``).
+"""
+
+import argparse
+import collections
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+
+from amaranth.sim import Simulator
+
+from neurofabric.host.model import ChipShape
+from neurofabric.host.transport import Transport
+
+__all__ = ["SimDevice", "PysimTransport", "build_device", "loopback_factory"]
+
+#: the shape `SimDevice` and ``python -m neurofabric.sim.device`` use unless told otherwise
+DEFAULT_SHAPE = ChipShape(cores=2, neurons=64, axons=64, lanes=8, route_entries=256)
+CPP_DIR = os.path.join(os.path.dirname(__file__), "cpp")
+
+
+def loopback_factory(shape, input_queue_depth=16):
+    """The link's stand-in chip (``neurofabric.hdl.link_testchip.LoopbackChip``)."""
+    from neurofabric.hdl.link_testchip import LoopbackChip
+    return LoopbackChip(shape, input_queue_depth=input_queue_depth)
+
+
+def _chip_factory(name):
+    """'chip' (the real chip), 'loopback' or 'loopback:DEPTH' (LoopbackChip, queue depth)."""
+    if name == "chip":
+        from neurofabric.hdl.top import default_chip_factory
+        return default_chip_factory
+    if isinstance(name, str) and name.startswith("loopback"):
+        depth = name.partition(":")[2]
+        if depth and not depth.isdigit():
+            raise ValueError(f"chip = {name!r}: the loopback queue depth must be an integer")
+        return lambda shape: loopback_factory(shape, int(depth or 16))
+    raise ValueError(f"chip = {name!r} is not known: allowed 'chip', 'loopback', 'loopback:DEPTH'")
+
+
+# --- Amaranth-simulator transport --------------------------------------------------------------
+class PysimTransport(Transport):
+    """A :class:`~neurofabric.host.transport.Transport` into a :class:`LinkedChip` simulated by
+    the Amaranth simulator. Time is simulated: :meth:`read` runs the simulation for at most
+    ``timeout_cycles`` cycles (the wall-clock `timeout` it is given is ignored) and returns as
+    soon as a complete frame (a non-empty run of bytes ending in 0x00) has arrived, or once the
+    design is idle with no bytes left to deliver (nothing more can arrive then).
+
+    ``faults`` (optional) is called on every chunk written and read: ``faults(data, to_device)``
+    returns the bytes actually delivered (see :class:`neurofabric.host.transport.FaultInjector`).
+    """
+
+    def __init__(self, dut, *, timeout_cycles=20_000, chunk_cycles=64):
+        self.dut = dut
+        self.timeout_cycles = timeout_cycles
+        self.chunk_cycles = chunk_cycles
+        self.to_device = collections.deque()
+        self.from_device = bytearray()
+        self.cycles = 0
+        self.sim = Simulator(dut)
+        self.sim.add_clock(1e-6)
+        self.sim.add_testbench(self._feed, background=True)
+        self.sim.add_testbench(self._collect, background=True)
+        self.idle = False
+
+    def add_testbench(self, bench):
+        """Add another background testbench (e.g. one that watches the chip)."""
+        self.sim.add_testbench(bench, background=True)
+
+    async def _feed(self, ctx):
+        rx = self.dut.rx
+        while True:
+            if self.to_device:
+                ctx.set(rx.payload, self.to_device[0])
+                ctx.set(rx.valid, 1)
+                _, _, ready = await ctx.tick().sample(rx.ready)
+                if ready:
+                    self.to_device.popleft()
+            else:
+                ctx.set(rx.valid, 0)
+                await ctx.tick()
+
+    async def _collect(self, ctx):
+        tx = self.dut.tx
+        ctx.set(tx.ready, 1)
+        while True:
+            _, _, valid, payload, idle = await ctx.tick().sample(tx.valid, tx.payload, self.dut.idle)
+            if valid:
+                self.from_device.append(payload)
+            self.idle = bool(idle) and not valid
+
+    def run_cycles(self, cycles):
+        self.sim.run_until((self.cycles + cycles) * 1e-6)
+        self.cycles += cycles
+
+    def write(self, data):
+        self.to_device.extend(bytes(data))
+
+    def read(self, timeout=None):
+        spent = 0
+        while spent < self.timeout_cycles:
+            self.run_cycles(self.chunk_cycles)
+            spent += self.chunk_cycles
+            if self.from_device and self.from_device[-1] == 0 and any(self.from_device[:-1]):
+                break
+            if self.idle and not self.to_device:
+                break                   # nothing more can happen until bytes are written
+        data = bytes(self.from_device)
+        self.from_device.clear()
+        return data
+
+    def close(self):
+        pass
+
+
+# --- Verilator sim device ----------------------------------------------------------------------
+def build_device(shape, *, chip="loopback", rx_timeout=1_000_000):
+    """Build (or fetch from the cache) the sim device executable for `shape`; returns its path."""
+    from neurofabric.hdl.top import LinkedChip
+    from neurofabric.sim.verilator import build_executable, to_verilog
+
+    top = LinkedChip(shape, chip_factory=_chip_factory(chip), rx_timeout=rx_timeout)
+    verilog = to_verilog(top, name="linked_chip")
+    sources = [os.path.join(CPP_DIR, "device.cpp")]
+    flags = ("-Wno-fatal", "-O3", "--x-assign", "fast", "--x-initial", "fast", "-CFLAGS", "-O2")
+    return build_executable(verilog, "linked_chip", sources, flags=flags)
+
+
+class SimDevice:
+    """A running sim device process. ``url`` is ``socket://127.0.0.1:PORT``; the process serves
+    one client and exits when it disconnects. Use as a context manager or call :meth:`close`."""
+
+    def __init__(self, shape=None, *, chip="loopback", rx_timeout=1_000_000, executable=None, start_timeout=30.0):
+        self.shape = shape = shape or DEFAULT_SHAPE
+        self.executable = str(executable or build_device(shape, chip=chip, rx_timeout=rx_timeout))
+        self.process = subprocess.Popen([self.executable], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.port = self._read_port(start_timeout)
+        self.url = f"socket://127.0.0.1:{self.port}"
+
+    def _read_port(self, timeout):
+        deadline = time.monotonic() + timeout
+        line = b""
+        while not line.endswith(b"\n"):
+            remaining = deadline - time.monotonic()
+            ready, _, _ = select.select([self.process.stdout], [], [], max(0.0, remaining))
+            if not ready:
+                self.close()
+                raise RuntimeError(f"sim device did not report its port within {timeout} s")
+            byte = os.read(self.process.stdout.fileno(), 1)
+            if not byte:
+                error = self.process.stderr.read().decode(errors="replace")
+                self.close()
+                raise RuntimeError(f"sim device exited before reporting its port: {error}")
+            line += byte
+        text = line.decode().strip()
+        if not text.startswith("port "):
+            self.close()
+            raise RuntimeError(f"sim device printed {text!r}, expected 'port N'")
+        return int(text.split()[1])
+
+    def cycles(self):
+        """Clock cycles simulated so far, as printed by the process when it exits (or None)."""
+        return getattr(self, "_cycles", None)
+
+    def close(self, timeout=5.0):
+        if self.process.poll() is None:
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.send_signal(signal.SIGTERM)
+                self.process.wait(timeout)
+        out = self.process.stdout.read().decode(errors="replace") if self.process.stdout else ""
+        for line in out.splitlines():
+            if line.startswith("cycles "):
+                self._cycles = int(line.split()[1])
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream:
+                stream.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m neurofabric.sim.device",
+                                     description="Run the Verilator sim device of a chip; print its URL.")
+    parser.add_argument("--chip", default="loopback", help="'chip', 'loopback' or 'loopback:DEPTH'")
+    parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--neurons", type=int, default=64)
+    parser.add_argument("--axons", type=int, default=64)
+    parser.add_argument("--lanes", type=int, default=8)
+    parser.add_argument("--route-entries", type=int, default=256)
+    args = parser.parse_args(argv)
+    shape = ChipShape(cores=args.cores, neurons=args.neurons, axons=args.axons, lanes=args.lanes,
+                      route_entries=args.route_entries)
+    executable = build_device(shape, chip=args.chip)
+    print(f"executable {executable}", file=sys.stderr)
+    os.execv(str(executable), [str(executable)])
+
+
+if __name__ == "__main__":
+    main()
