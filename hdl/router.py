@@ -7,9 +7,9 @@ of a core (for that core's next update) or to the host (a SPIKE event naming the
 
 Datapath (docs/router.md)::
 
-    spikes[c] -> spike FIFO[c] -> round-robin arbiter -> pointer read -> entry expander
-              -> entry read -> dispatch -> axon FIFO[core] -> axons[core]
-                                        -> host FIFO       -> host
+    spikes[c] -> spike FIFO[c] -> round-robin arbiter -> pointer read -> slice -> entry expander
+              -> entry read -> slice -> dispatch -> axon FIFO[core] -> axons[core]
+                                                -> host FIFO       -> host
 
 Every stage is valid/ready with back-pressure; nothing is ever dropped. Writes to the route table
 are range-checked on the way in (a write naming a core, axon or entry that does not exist is
@@ -17,11 +17,12 @@ refused), so every entry the pipeline reads names a real destination.
 """
 
 from amaranth.hdl import Array, Cat, Module, Mux, Signal
-from amaranth.lib import fifo, stream, wiring
+from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
+from neurofabric.hdl.pipeline import SkidBuffer
 from neurofabric.hdl.protocol import (
     Event,
     EventKind,
@@ -55,6 +56,7 @@ class RoundRobinArbiter(wiring.Component):
 
     def __init__(self, count):
         if not isinstance(count, int) or count < 1:
+            self._MustUse__silence = True       # no "created but never used" warning
             raise ValueError(f"count = {count!r} is out of range: allowed integers >= 1")
         self.count = count
         super().__init__({
@@ -111,14 +113,25 @@ class Router(wiring.Component):
     route table (for formal harnesses and fixed builds); by default it is empty (all counts 0).
 
     Throughput: one route entry per cycle, and one source spike per cycle while each has at most
-    one entry; latency from ``spikes`` to ``axons`` is 5 cycles when nothing is stalled.
+    one entry (spikes without entries take one cycle and no expander slot); latency from
+    ``spikes`` to ``axons`` is about 9 cycles when nothing is stalled (two buffered FIFOs,
+    pointer read, register slice, expander, entry read, register slice). The register slices
+    (:class:`~neurofabric.hdl.pipeline.SkidBuffer`) keep the block RAM outputs out of every
+    ready path.
     """
 
     def __init__(self, shape, *, spike_fifo_depth=4, axon_fifo_depth=8, host_fifo_depth=8,
                  pointer_init=(), entry_init=()):
+        for name, lo, hi in (("cores", 1, 255), ("neurons", 1, 1 << 16), ("axons", 1, 1 << 16),
+                             ("route_entries", 1, 1 << 16)):
+            value = getattr(shape, name, None)
+            if not isinstance(value, int) or not lo <= value <= hi:
+                self._MustUse__silence = True
+                raise ValueError(f"shape.{name} = {value!r} is out of range: allowed integers {lo}..{hi}")
         for name, depth in (("spike_fifo_depth", spike_fifo_depth), ("axon_fifo_depth", axon_fifo_depth),
                             ("host_fifo_depth", host_fifo_depth)):
             if not isinstance(depth, int) or not 2 <= depth <= 4096:
+                self._MustUse__silence = True
                 raise ValueError(f"{name} = {depth!r} is out of range: allowed integers 2..4096")
         self.shape = shape
         self.spike_fifo_depth = spike_fifo_depth
@@ -185,8 +198,15 @@ class Router(wiring.Component):
         e_core = Signal(range(cores))
         e_neuron = Signal(range(neurons))
 
-        entry = RouteEntry(entry_port.data)
-        is_host = entry.kind == RouteKind.HOST
+        # register slices after both block RAM reads: no combinational path runs from a RAM
+        # output into a ready signal (the RAM outputs are slow, and ready fans out widely)
+        pointer_skid = SkidBuffer(data.StructLayout({
+            "core": range(cores), "neuron": range(neurons), "pointer": RoutePointer}))
+        entry_skid = SkidBuffer(data.StructLayout({
+            "core": range(cores), "neuron": range(neurons), "entry": RouteEntry}))
+        m.submodules.pointer_skid = pointer_skid
+        m.submodules.entry_skid = entry_skid
+        self._skids = (pointer_skid, entry_skid)
 
         # output FIFOs
         axon_fifos = self._axon_fifos
@@ -197,32 +217,58 @@ class Router(wiring.Component):
         m.submodules.host_fifo = host_fifo
         wiring.connect(m, host_fifo.r_stream, wiring.flipped(self.host))
 
+        # --- dispatch: from the entry slice into the destination FIFO ---------------------------
+        routed = entry_skid.o_stream
+        entry = routed.payload.entry
+        is_host = entry.kind == RouteKind.HOST
         axon_ready = Array(f.w_rdy for f in axon_fifos)
         dispatch_ready = Mux(is_host, host_fifo.w_rdy, axon_ready[entry.core])
-        dispatch = e_valid & dispatch_ready
-        e_ready = ~e_valid | dispatch_ready
+        dispatch = routed.valid & dispatch_ready
+        m.d.comb += routed.ready.eq(dispatch_ready)
         for c, f in enumerate(axon_fifos):
             m.d.comb += [
                 f.w_data.eq(entry.axon),
-                f.w_en.eq(e_valid & ~is_host & (entry.core == c)),
+                f.w_en.eq(routed.valid & ~is_host & (entry.core == c)),
             ]
         host_event = Signal(Event)
         m.d.comb += [
             host_event.kind.eq(EventKind.SPIKE),
-            host_event.core.eq(e_core),
-            host_event.index.eq(e_neuron),
+            host_event.core.eq(routed.payload.core),
+            host_event.index.eq(routed.payload.neuron),
             host_fifo.w_data.eq(host_event),
-            host_fifo.w_en.eq(e_valid & is_host),
+            host_fifo.w_en.eq(routed.valid & is_host),
         ]
 
+        # --- entry stage: entry_port.data is valid while e_valid ---------------------------------
+        e_ready = ~e_valid | entry_skid.i_stream.ready
+        m.d.comb += [
+            entry_skid.i_stream.valid.eq(e_valid),
+            entry_skid.i_stream.payload.core.eq(e_core),
+            entry_skid.i_stream.payload.neuron.eq(e_neuron),
+            entry_skid.i_stream.payload.entry.eq(entry_port.data),
+        ]
+
+        # --- expander: takes pointers from the pointer slice ------------------------------------
         issue = (x_remaining != 0) & e_ready
         x_can_load = (x_remaining == 0) | ((x_remaining == 1) & issue)
-        pointer = RoutePointer(pointer_port.data)
+        looked_up = pointer_skid.o_stream
+        pointer = looked_up.payload.pointer
         # entries are read modulo the table size (ChipModel.routes_of)
         entries_pow2 = shape.route_entries & (shape.route_entries - 1) == 0
         first_entry = pointer.base if entries_pow2 else pointer.base % shape.route_entries
-        take_pointer = p_valid & x_can_load
-        p_ready = ~p_valid | x_can_load
+        # a spike without route entries leaves without using the expander
+        discard_pointer = looked_up.valid & (pointer.count == 0)
+        take_pointer = looked_up.valid & (pointer.count != 0) & x_can_load
+        m.d.comb += looked_up.ready.eq(discard_pointer | take_pointer)
+
+        # --- pointer stage: pointer_port.data is valid while p_valid ------------------------------
+        p_ready = ~p_valid | pointer_skid.i_stream.ready
+        m.d.comb += [
+            pointer_skid.i_stream.valid.eq(p_valid),
+            pointer_skid.i_stream.payload.core.eq(p_core),
+            pointer_skid.i_stream.payload.neuron.eq(p_neuron),
+            pointer_skid.i_stream.payload.pointer.eq(pointer_port.data),
+        ]
 
         grant_neuron = Array(f.r_data for f in spike_fifos)[arbiter.grant]
         grant = arbiter.valid & p_ready
@@ -247,8 +293,8 @@ class Router(wiring.Component):
 
         with m.If(take_pointer):
             m.d.sync += [
-                x_core.eq(p_core),
-                x_neuron.eq(p_neuron),
+                x_core.eq(looked_up.payload.core),
+                x_neuron.eq(looked_up.payload.neuron),
                 x_addr.eq(first_entry),
                 x_remaining.eq(pointer.count),
             ]
@@ -274,7 +320,8 @@ class Router(wiring.Component):
             self.axon_sent.eq(dispatch & ~is_host),
             self.host_sent.eq(dispatch & is_host),
             self.busy.eq(Cat(f.level != 0 for f in spike_fifos + axon_fifos + [host_fifo]).any()
-                         | p_valid | (x_remaining != 0) | e_valid),
+                         | p_valid | (x_remaining != 0) | e_valid
+                         | pointer_skid.o_stream.valid | entry_skid.o_stream.valid),
         ]
 
         # --- route table access -------------------------------------------------------------------

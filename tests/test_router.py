@@ -10,6 +10,7 @@ import json
 import os
 import random
 import time
+from types import SimpleNamespace
 
 import pytest
 from amaranth.sim import Simulator
@@ -356,6 +357,8 @@ def test_bad_parameters():
         RoundRobinArbiter(0)
     with pytest.raises(ValueError, match="axon_fifo_depth = 1"):
         Router(SHAPE, axon_fifo_depth=1)
+    with pytest.raises(ValueError, match="shape.cores = 0"):
+        Router(SimpleNamespace(cores=0, neurons=4, axons=4, route_entries=4))
 
 
 @pytest.mark.verilator
@@ -380,3 +383,22 @@ def test_router_verilator_soak(ready_probability, monkeypatch, tmp_path):
         print(f"{report} in {time.monotonic() - start:.1f} s")
         assert report["spikes"] == 12000 and report["events"] >= 10_000
         assert report["lost"] == report["duplicated"] == report["misrouted"] == report["reordered"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.verilator
+def test_router_verilator_long_soak(monkeypatch, tmp_path):
+    """10^5 spikes per core, ready 0.3 on every output."""
+    from neurofabric.sim import cocotb as sim_cocotb  # noqa: PLC0415
+
+    monkeypatch.setattr(sim_cocotb, "VERILATOR_FLAGS", (*sim_cocotb.VERILATOR_FLAGS, "-Wno-fatal"))
+    seed = random.randrange(1 << 30)
+    print(f"seed = {seed}")
+    report_path = tmp_path / "report.json"
+    sim_cocotb.run_cocotb(Router(SHAPE, spike_fifo_depth=2, axon_fifo_depth=4, host_fifo_depth=4),
+                          test_module="tb_router", test_dir=os.path.dirname(__file__), seed=seed,
+                          extra_env={"NF_ROUTER_SEED": str(seed), "NF_READY": "0.3", "NF_SPIKES": "100000",
+                                     "NF_SHAPE": "3,16,48,128", "NF_REPORT": str(report_path)})
+    report = json.loads(report_path.read_text())
+    assert report["events"] >= 300_000
+    assert report["lost"] == report["duplicated"] == report["misrouted"] == report["reordered"] == 0

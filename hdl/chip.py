@@ -1,0 +1,259 @@
+"""The chip: neuron cores, the AER router and the time-step controller behind one set of ports.
+
+::
+
+    inject --> StepController --deliver--> slice --> axon mux[c] --> core[c].axon_in
+    run    -->        |   update ------------------------> core[c].step
+                      |                                     core[c].spike_out --> Router
+                      |                 Router.axons[c] --> axon mux[c]
+    out    <-- marker + Router.host
+
+A step runs as ``ChipModel.step`` does (docs/router.md): the inputs tagged with the step are
+delivered, the cores update, their spikes are routed (to axons for the next step, and to the
+host as SPIKE events); when every core is idle and the router and all FIFOs are empty, a STEP
+marker (``index`` = step & 0xFFFF) follows that step's spikes on ``out``.
+
+Memory requests: ``ROUTE_POINTER``/``ROUTE_ENTRY`` go to the router, ``COUNTER`` and ``CHIP``
+are answered here, every other space goes to core ``core``. One request is handled at a time
+and each gets exactly one response. Core and route-table requests are carried out between
+steps (the controller holds the next step back until they are done), so a host must keep
+reading ``out`` while it waits for a response. Requests naming a core that does not exist, a
+write to a read-only register, or an unknown register answer :data:`MEM_REFUSED` for writes
+and 0 for reads.
+"""
+
+from amaranth.hdl import Array, Cat, Module, Mux, Signal
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from neurofabric.hdl.controller import StepController
+from neurofabric.hdl.pipeline import SkidBuffer
+from neurofabric.hdl.protocol import ChipRegister, Counter, Event, InputEvent, MemorySpace, MemRequest
+from neurofabric.hdl.router import MEM_OK, MEM_REFUSED, Router
+
+__all__ = ["Chip", "MEM_OK", "MEM_REFUSED"]
+
+
+class Chip(wiring.Component):
+    """`shape.cores` neuron cores joined by the router, sequenced by the step controller.
+
+    `core_factory(index)` builds core `index` (default: ``NeuronCore(neurons, axons, lanes)``
+    from :mod:`neurofabric.hdl.core`); any component with the core's ports works.
+    `input_queue_depth` input events can wait ahead of the running step. FIFO depths of the
+    router and `route_init` = (pointer_init, entry_init) are passed through to the router.
+    """
+
+    def __init__(self, shape, *, core_factory=None, input_queue_depth=64, spike_fifo_depth=4,
+                 axon_fifo_depth=8, host_fifo_depth=8, route_init=None):
+        self.shape = shape
+        self.core_factory = core_factory
+        self.input_queue_depth = input_queue_depth
+        self.router_depths = dict(spike_fifo_depth=spike_fifo_depth, axon_fifo_depth=axon_fifo_depth,
+                                  host_fifo_depth=host_fifo_depth)
+        # build the parts now so bad parameters fail at construction
+        pointer_init, entry_init = route_init or ((), ())
+        self.router = Router(shape, **self.router_depths, pointer_init=pointer_init, entry_init=entry_init)
+        self.controller = StepController(cores=shape.cores, axons=shape.axons, queue_depth=input_queue_depth)
+        if core_factory is None:
+            from neurofabric.hdl.core import NeuronCore  # noqa: PLC0415
+            core_factory = lambda index: NeuronCore(shape.neurons, shape.axons, shape.lanes)  # noqa: E731
+        self.cores = [core_factory(index) for index in range(shape.cores)]
+        self._deliver_slice = SkidBuffer(InputEvent)
+        super().__init__({
+            "mem": In(stream.Signature(MemRequest)),
+            "mem_resp": Out(stream.Signature(32)),
+            "inject": In(stream.Signature(InputEvent)),
+            "run": In(stream.Signature(32)),
+            "out": Out(stream.Signature(Event)),
+            "step": Out(32),
+            "running": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        shape = self.shape
+        m.submodules.router = router = self.router
+        m.submodules.controller = controller = self.controller
+        cores = self.cores
+        for index, core in enumerate(cores):
+            m.submodules[f"core_{index}"] = core
+
+        wiring.connect(m, wiring.flipped(self.inject), controller.inject)
+        wiring.connect(m, wiring.flipped(self.run), controller.run)
+        m.d.comb += [
+            self.step.eq(controller.step),
+            self.running.eq(controller.running),
+        ]
+
+        # --- cores <-> router, inputs ---------------------------------------------------------
+        # host inputs pass a register slice: the controller's step-tag compare stays out of the
+        # cores' input logic
+        m.submodules.deliver_slice = deliver_slice = self._deliver_slice
+        wiring.connect(m, controller.deliver, deliver_slice.i_stream)
+        deliver = deliver_slice.o_stream
+        deliver_ready = Signal()
+        for index, core in enumerate(cores):
+            wiring.connect(m, core.spike_out, router.spikes[index])
+            routed = router.axons[index]
+            mine = deliver.valid & (deliver.payload.core == index)
+            # routed events first; host inputs are only offered between steps, when the router
+            # is empty, so neither source waits on the other in practice
+            with m.If(routed.valid):
+                m.d.comb += [
+                    core.axon_in.valid.eq(1),
+                    core.axon_in.payload.eq(routed.payload),
+                    routed.ready.eq(core.axon_in.ready),
+                ]
+            with m.Else():
+                m.d.comb += [
+                    core.axon_in.valid.eq(mine),
+                    core.axon_in.payload.eq(deliver.payload.axon),
+                ]
+                with m.If(mine):
+                    m.d.comb += deliver_ready.eq(core.axon_in.ready)
+            m.d.comb += core.step.eq(controller.update)
+        m.d.comb += deliver.ready.eq(deliver_ready)
+
+        cores_busy = Cat(core.busy for core in cores).any()
+        m.d.comb += controller.idle.eq(~cores_busy & ~router.busy & ~deliver.valid & ~controller.deliver.valid)
+
+        # --- output: the router's host events, then the step marker ------------------------------
+        with m.If(router.host.valid):
+            wiring.connect(m, router.host, wiring.flipped(self.out))
+        with m.Else():
+            wiring.connect(m, controller.marker, wiring.flipped(self.out))
+
+        # --- counters --------------------------------------------------------------------------
+        counters = {c: Signal(32, name=f"counter_{c.name.lower()}") for c in Counter}
+        pulses = {
+            Counter.STEPS: controller.step_done,
+            Counter.INPUT_EVENTS: controller.delivered,
+            Counter.ROUTED_EVENTS: router.axon_sent,
+            Counter.SPIKES: router.spike_taken,
+            Counter.HOST_SPIKES: router.host_sent,
+            Counter.LATE_INPUTS: controller.late,
+            Counter.OUTPUT_STALLS: self.out.valid & ~self.out.ready,
+        }
+        for counter, pulse in pulses.items():
+            if counter is Counter.ROUTED_EVENTS:
+                continue
+            with m.If(pulse):
+                m.d.sync += counters[counter].eq(counters[counter] + 1)
+        # routed events count when the step that integrates them starts (as in ChipModel.step)
+        routed_pending = Signal(32)
+        with m.If(controller.starting):
+            m.d.sync += [
+                counters[Counter.ROUTED_EVENTS].eq(counters[Counter.ROUTED_EVENTS] + routed_pending),
+                routed_pending.eq(router.axon_sent),
+            ]
+        with m.Elif(router.axon_sent):
+            m.d.sync += routed_pending.eq(routed_pending + 1)
+
+        # --- chip registers --------------------------------------------------------------------
+        learning = Signal(init=1)
+        reward = Signal(8, init=1)
+
+        # --- memory requests ---------------------------------------------------------------------
+        request = Signal(MemRequest)
+        resp_data = Signal(32)
+        is_router = (request.mem == MemorySpace.ROUTE_POINTER) | (request.mem == MemorySpace.ROUTE_ENTRY)
+        is_local = (request.mem == MemorySpace.COUNTER) | (request.mem == MemorySpace.CHIP)
+        core_exists = request.core < shape.cores
+        core_forward = Signal()         # offer `request` to core `request.core`
+        core_forward_ready = Signal()
+        core_relay = Signal()           # pass that core's response on
+        core_resp_valid = Signal()
+        core_resp_data = Signal(32)
+        for index, core in enumerate(cores):
+            selected = request.core == index
+            m.d.comb += [
+                core.mem.payload.eq(request),
+                core.mem.valid.eq(core_forward & selected),
+                core.mem_resp.ready.eq(core_relay & selected & self.mem_resp.ready),
+            ]
+            with m.If(selected):
+                m.d.comb += [
+                    core_forward_ready.eq(core.mem.ready),
+                    core_resp_valid.eq(core.mem_resp.valid),
+                    core_resp_data.eq(core.mem_resp.payload),
+                ]
+
+        counter_value = Array(counters[c] for c in Counter)[request.addr[:4]]
+        counter_known = request.addr < len(Counter)
+        local_read = Signal(32)
+        with m.Switch(request.mem):
+            with m.Case(MemorySpace.COUNTER):
+                m.d.comb += local_read.eq(Mux(counter_known, counter_value, 0))
+            with m.Case(MemorySpace.CHIP):
+                with m.Switch(request.addr):
+                    with m.Case(ChipRegister.STEP):
+                        m.d.comb += local_read.eq(controller.step)
+                    with m.Case(ChipRegister.LEARNING):
+                        m.d.comb += local_read.eq(learning)
+                    with m.Case(ChipRegister.REWARD):
+                        m.d.comb += local_read.eq(reward.as_signed())
+        # writable registers and the words they take (as ChipModel.write_words checks them)
+        learning_ok = (request.addr == ChipRegister.LEARNING) & (request.data[1:] == 0)
+        reward_ok = (request.addr == ChipRegister.REWARD) & (
+            (request.data[7:] == 0) | (request.data[7:] == (1 << 25) - 1))
+        writable = (request.mem == MemorySpace.CHIP) & (learning_ok | reward_ok)
+
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.mem.ready.eq(1)
+                with m.If(self.mem.valid):
+                    m.d.sync += request.eq(self.mem.payload)
+                    m.next = "DECODE"
+            with m.State("DECODE"):
+                with m.If(is_local):
+                    with m.If(request.write):
+                        with m.If(writable & learning_ok):
+                            m.d.sync += learning.eq(request.data[0])
+                        with m.If(writable & reward_ok):
+                            m.d.sync += reward.eq(request.data[:8])
+                        m.d.sync += resp_data.eq(Mux(writable, MEM_OK, MEM_REFUSED))
+                    with m.Else():
+                        m.d.sync += resp_data.eq(local_read)
+                    m.next = "RESPOND"
+                with m.Elif(is_router | core_exists):
+                    m.next = "WAIT_REST"
+                with m.Else():
+                    m.d.sync += resp_data.eq(Mux(request.write, MEM_REFUSED, 0))
+                    m.next = "RESPOND"
+            with m.State("WAIT_REST"):
+                m.d.comb += controller.hold.eq(1)
+                with m.If(controller.resting):
+                    m.next = "FORWARD"
+            with m.State("FORWARD"):
+                m.d.comb += controller.hold.eq(1)
+                with m.If(is_router):
+                    m.d.comb += [router.mem.valid.eq(1), router.mem.payload.eq(request)]
+                    with m.If(router.mem.ready):
+                        m.next = "RELAY"
+                with m.Else():
+                    m.d.comb += core_forward.eq(1)
+                    with m.If(core_forward_ready):
+                        m.next = "RELAY"
+            with m.State("RELAY"):
+                m.d.comb += controller.hold.eq(1)
+                with m.If(is_router):
+                    m.d.comb += [
+                        self.mem_resp.valid.eq(router.mem_resp.valid),
+                        self.mem_resp.payload.eq(router.mem_resp.payload),
+                        router.mem_resp.ready.eq(self.mem_resp.ready),
+                    ]
+                with m.Else():
+                    m.d.comb += [
+                        core_relay.eq(1),
+                        self.mem_resp.valid.eq(core_resp_valid),
+                        self.mem_resp.payload.eq(core_resp_data),
+                    ]
+                with m.If(self.mem_resp.valid & self.mem_resp.ready):
+                    m.next = "IDLE"
+            with m.State("RESPOND"):
+                m.d.comb += [self.mem_resp.valid.eq(1), self.mem_resp.payload.eq(resp_data)]
+                with m.If(self.mem_resp.ready):
+                    m.next = "IDLE"
+
+        self.learning, self.reward = learning, reward
+        return m
