@@ -4,7 +4,8 @@ One :class:`NeuronCore` holds `neurons` neurons time-multiplexed over block RAM,
 axons and a dense ``axons x neurons`` int8 crossbar packed `lanes` weights per memory word. It
 computes exactly what :meth:`neurofabric.host.model.ChipModel.step` computes for one core
 (docs/core.md describes the pipelines and their cycle behaviour; docs/semantics.md the
-arithmetic).
+arithmetic). With ``learning=True`` it also runs the model's STDP learning phase after each
+update sweep (docs/learning_hw.md).
 """
 
 from amaranth import Assert, Cat, Const, Module, Mux, Signal, signed, unsigned
@@ -17,20 +18,25 @@ from neurofabric.hdl.protocol import (
     ACC_BITS,
     DECAY_BITS,
     DECAY_ONE,
+    LFSR_BITS,
+    LFSR_TAPS,
     PROFILE_BITS,
     PROFILE_COUNT,
     REFRACTORY_BITS,
     STATE_BITS,
+    STDP_SHIFT_MAX,
+    TRACE_BITS,
     WEIGHT_BITS,
     CoreRegister,
     MemorySpace,
     MemRequest,
     ProfileField,
     StateField,
+    StdpField,
     signed_range,
 )
 
-__all__ = ["NeuronCore", "CoreConfigError"]
+__all__ = ["NeuronCore", "CoreConfigError", "lfsr_seed_value"]
 
 STATE_MIN, STATE_MAX = signed_range(STATE_BITS)
 ACC_MIN, ACC_MAX = signed_range(ACC_BITS)
@@ -61,6 +67,28 @@ def _saturate(value, bits):
     return Mux(value > hi, hi, Mux(value < lo, lo, value[:bits].as_signed()))
 
 
+def lfsr_seed_value(seed, lane):
+    """The reset state of lane `lane`'s LFSR for seed `seed` (docs/semantics.md, "Learning")."""
+    state = (seed + 0x9E37 * (lane + 1)) & ((1 << LFSR_BITS) - 1)
+    return state or 1
+
+
+#: STDP configuration after reset: the model's default `StdpConfig` (field: (shape, value)).
+STDP_DEFAULTS = {
+    StdpField.PRE_INCREMENT: (unsigned(TRACE_BITS), 64),
+    StdpField.POST_INCREMENT: (unsigned(TRACE_BITS), 64),
+    StdpField.PRE_DECAY: (unsigned(DECAY_BITS + 1), 512),
+    StdpField.POST_DECAY: (unsigned(DECAY_BITS + 1), 512),
+    StdpField.A_PLUS: (unsigned(TRACE_BITS), 16),
+    StdpField.A_MINUS: (unsigned(TRACE_BITS), 16),
+    StdpField.SHIFT: (unsigned(4), 8),
+    StdpField.W_MIN: (signed(WEIGHT_BITS), -(1 << (WEIGHT_BITS - 1))),
+    StdpField.W_MAX: (signed(WEIGHT_BITS), (1 << (WEIGHT_BITS - 1)) - 1),
+    StdpField.SEED: (unsigned(LFSR_BITS), 1),
+}
+assert STDP_SHIFT_MAX == (1 << 4) - 1
+
+
 #: A profile's fields after reset: those of the model's default `NeuronProfile` (no decay,
 #: threshold 1024, v_reset 0, reset to value, no refractory period, no adaptation).
 DEFAULT_THRESHOLD = 1 << 10
@@ -77,6 +105,9 @@ class NeuronCore(wiring.Component):
         Input axons, 1 .. 65536 (``axons * neurons <= 2**24``, the WEIGHT address space).
     lanes : int
         Weights integrated per cycle (P), a power of two 1 .. 64.
+    learning : bool
+        Add on-chip trace-based STDP (the model's ``_learn``, docs/learning_hw.md). Without it
+        the core is the inference-only build and holds no learning logic at all.
 
     Ports
     -----
@@ -95,6 +126,10 @@ class NeuronCore(wiring.Component):
         integrating it may (the sweep waits for them).
     busy : output
         High while integrating, sweeping, or holding undelivered spikes.
+    learn : input, only with ``learning=True``
+        The chip-wide learning switch (``ChipRegister.LEARNING``), sampled at `step`.
+    reward : signed 8-bit input, only with ``learning=True``
+        The chip-wide third factor (``ChipRegister.REWARD``); read only during the learning phase.
     mem, mem_resp : memory requests and their responses (:class:`MemRequest`)
         Accepted only while the core is idle and no event is offered; exactly one response
         (32 bits) per request, four cycles later at the earliest: the read data, 0 for
@@ -104,9 +139,18 @@ class NeuronCore(wiring.Component):
     at `lanes` synapses per cycle (latency 4); the update sweep issues one neuron per cycle
     through a 10-stage pipeline: ``neurons + 13`` cycles from `step` to idle when `spike_out`
     keeps up (the sweep holds 15 credits for the 16-entry spike FIFO, so it never overruns it).
+
+    With ``learning=True`` and learning enabled for a step (`learn` and ``CoreRegister.LEARNING``
+    at the `step` pulse), `axon_in` is held off from the pulse until the learning phase after the
+    sweep has finished, so the next step's events see the learned weights; the spike FIFO then
+    holds ``neurons + 1`` entries, so neither the sweep nor the learning phase ever waits on
+    `spike_out`. The learning phase after the sweep takes about
+    ``3 W + A + rows * W + columns * A + 20`` cycles (``W = neurons / lanes``; `rows`: plastic
+    axons with an event, each depressed at `lanes` synapses per cycle; `columns`: words of
+    neurons with a spike, each potentiated one axon per cycle for all its fired lanes at once).
     """
 
-    def __init__(self, neurons, axons, lanes):
+    def __init__(self, neurons, axons, lanes, learning=False):
         self._MustUse__silence = True       # a rejected configuration is not an unused design
         _check_param("neurons", neurons, 1, 1 << 16)
         _check_param("axons", axons, 1, 1 << 16)
@@ -119,17 +163,22 @@ class NeuronCore(wiring.Component):
             raise CoreConfigError(
                 f"axons * neurons = {axons * neurons} is out of range: allowed [1, {1 << 24}] "
                 "(the WEIGHT address space)")
+        if not isinstance(learning, bool):
+            raise CoreConfigError(f"learning must be True or False, not {learning!r}")
         self._MustUse__silence = False
-        self.neurons, self.axons, self.lanes = neurons, axons, lanes
+        self.neurons, self.axons, self.lanes, self.learning = neurons, axons, lanes, learning
         self.words = neurons // lanes          #: memory words per weight row / accumulator bank
-        super().__init__({
+        members = {
             "axon_in": In(stream.Signature(range(axons))),
             "spike_out": Out(stream.Signature(range(neurons))),
             "step": In(1),
             "busy": Out(1),
             "mem": In(stream.Signature(MemRequest)),
             "mem_resp": Out(stream.Signature(32)),
-        })
+        }
+        if learning:
+            members.update({"learn": In(1), "reward": In(signed(8))})
+        super().__init__(members)
 
     def elaborate(self, platform):
         m = Module()
@@ -189,8 +238,11 @@ class NeuronCore(wiring.Component):
         profile_reset_wr = profile_reset_mem.write_port(granularity=1)
         weight_exp = Signal(WEIGHT_EXP_BITS)
 
+        # with learning, the FIFO holds a whole sweep's spikes: the sweep (and the learning phase
+        # after it, during which axon_in is held off) never waits on spike_out
+        spike_depth = max(SPIKE_FIFO_DEPTH, N + 1) if self.learning else SPIKE_FIFO_DEPTH
         m.submodules.spike_fifo = spike_fifo = fifo.SyncFIFOBuffered(
-            width=max(1, ceil_log2(N)), depth=SPIKE_FIFO_DEPTH)
+            width=max(1, ceil_log2(N)), depth=spike_depth)
         m.d.comb += [
             self.spike_out.valid.eq(spike_fifo.r_rdy),
             self.spike_out.payload.eq(spike_fifo.r_data),
@@ -226,7 +278,17 @@ class NeuronCore(wiring.Component):
             MemorySpace.STATE: req_addr < 4 * N,
             MemorySpace.CORE: req_addr == CoreRegister.WEIGHT_EXP.value,
         }
+        if self.learning:
+            in_space.update({
+                MemorySpace.CORE: req_addr <= CoreRegister.LEARNING.value,
+                MemorySpace.STDP: req_addr < len(StdpField),
+                MemorySpace.TRACE: req_addr < A + N,
+                MemorySpace.PLASTIC: req_addr < A,
+            })
         req_hit = {space: (request.mem == space) & cond for space, cond in in_space.items()}
+        weight_exp_hit = req_hit[MemorySpace.CORE]
+        if self.learning:
+            weight_exp_hit = weight_exp_hit & (req_addr == CoreRegister.WEIGHT_EXP.value)
 
         # --- integration state -----------------------------------------------------------------
         int_bank = Signal()         # the accumulator bank that events accepted now go to
@@ -248,12 +310,19 @@ class NeuronCore(wiring.Component):
         sweep_issuing = Signal()
         sweep_neuron = Signal(range(N))
         # credits: spike FIFO entries not yet claimed by a neuron in the sweep pipeline
-        credits = Signal(range(SPIKE_FIFO_DEPTH), init=SPIKE_FIFO_DEPTH - 1)
+        credits = Signal(range(spike_depth), init=spike_depth - 1)
         sweep_issue = Signal()
 
         busy = Signal()
-        m.d.comb += busy.eq(iss_active | valid[1] | valid[2] | valid[3] | sweep_pending
-                            | sweep_issuing | (credits != SPIKE_FIFO_DEPTH - 1))
+        busy_terms = (iss_active | valid[1] | valid[2] | valid[3] | sweep_pending
+                      | sweep_issuing | (credits != spike_depth - 1))
+        input_ready = ~mem_access & (~iss_active | iss_last)
+        if self.learning:
+            learn_busy = Signal()   # learning phase (or the pre-event flag clear) running
+            learn_hold = Signal()   # axon_in held off: this step learns, or is learning
+            busy_terms |= learn_busy
+            input_ready &= ~learn_hold
+        m.d.comb += busy.eq(busy_terms)
         m.d.comb += self.busy.eq(busy)
 
         # --- memory request handling ---------------------------------------------------------
@@ -309,7 +378,7 @@ class NeuronCore(wiring.Component):
                     with m.Case(field.value):
                         m.d.sync += profile_read.eq(value)     # sign-extends signed fields
         with m.If(mem_access):
-            with m.If(write & req_hit[MemorySpace.CORE]):
+            with m.If(write & weight_exp_hit):
                 m.d.sync += weight_exp.eq(request.data[:WEIGHT_EXP_BITS])
 
         # weight memory: one shared address (the integrator's row, or a request's word)
@@ -370,14 +439,14 @@ class NeuronCore(wiring.Component):
                                             (StateField.THETA, "theta")):
                             with m.Case(field.value):
                                 m.d.sync += resp_data.eq(raw_state[name])  # sign-extends u, v, theta
-                with m.If(req_hit[MemorySpace.CORE]):
+                with m.If(weight_exp_hit):
                     m.d.sync += resp_data.eq(weight_exp)
 
         # --- integration: issue -> memory out -> add -> write back ----------------------------
         with m.If(self.step):
             m.d.sync += [int_bank.eq(~int_bank), sweep_bank.eq(int_bank), sweep_pending.eq(1)]
 
-        m.d.comb += self.axon_in.ready.eq(~mem_access & (~iss_active | iss_last))
+        m.d.comb += self.axon_in.ready.eq(input_ready)
         accept = self.axon_in.valid & self.axon_in.ready
         with m.If(accept):
             m.d.sync += [
@@ -623,5 +692,418 @@ class NeuronCore(wiring.Component):
         m.d.comb += credit_return.eq((v9 & ~fired9) + (self.spike_out.valid & self.spike_out.ready))
         m.d.sync += credits.eq(credits - sweep_issue + credit_return)
 
+        if self.learning:
+            self._elaborate_learning(m, locals())
         return m
 
+
+    def _elaborate_learning(self, m, L):
+        """The STDP machinery (docs/learning_hw.md): trace and flag memories, the learning-phase
+        sequencer and the weight read-modify-write pipeline, added to the core's module `m`
+        (`L`: the names of :meth:`elaborate`)."""
+        N, A, P, W = self.neurons, self.axons, self.lanes, self.words
+        lane_bits = exact_log2(P)
+        T = TRACE_BITS
+        trace_max = (1 << T) - 1
+        request, req_addr, req_hit = L["request"], L["req_addr"], L["req_hit"]
+        mem_access, mem_collect, mem_format = L["mem_access"], L["mem_collect"], L["mem_format"]
+        write, resp_data = L["write"], L["resp_data"]
+        weight_rd, weight_wr = L["weight_rd"], L["weight_wr"]
+
+        # --- configuration (CoreRegister.LEARNING, MemorySpace.STDP) and the LFSRs ------------
+        core_learning = Signal()
+        config = {field: Signal(shape, init=value, name=f"stdp_{field.name.lower()}")
+                  for field, (shape, value) in STDP_DEFAULTS.items()}
+        lfsr = [Signal(LFSR_BITS, init=lfsr_seed_value(STDP_DEFAULTS[StdpField.SEED][1], lane),
+                       name=f"lfsr{lane}") for lane in range(P)]
+
+        # --- memories ---------------------------------------------------------------------------
+        m.submodules.pre_trace_mem = pre_mem = Memory(shape=unsigned(T), depth=A, init=[])
+        pre_rd, pre_wr = pre_mem.read_port(transparent_for=()), pre_mem.write_port()
+        m.submodules.plastic_mem = plastic_mem = Memory(shape=unsigned(1), depth=A, init=[])
+        plastic_rd, plastic_wr = plastic_mem.read_port(transparent_for=()), plastic_mem.write_port()
+        post_layout = data.ArrayLayout(unsigned(T), P)
+        m.submodules.post_trace_mem = post_mem = Memory(shape=post_layout, depth=W, init=[])
+        post_rd = post_mem.read_port(transparent_for=())
+        post_wr = post_mem.write_port(granularity=1)      # one trace per enable bit
+        m.submodules.fired_mem = fired_mem = Memory(shape=unsigned(P), depth=W, init=[])
+        fired_rd = fired_mem.read_port(transparent_for=())
+        fired_wr = fired_mem.write_port(granularity=1)
+        event_rd, event_wr = [], []
+        for b in range(2):      # pre-event flags, one memory per accumulator bank
+            event_mem = Memory(shape=unsigned(1), depth=A, init=[])
+            m.submodules[f"pre_event_bank{b}"] = event_mem
+            event_rd.append(event_mem.read_port(transparent_for=()))
+            event_wr.append(event_mem.write_port())
+
+        # an accepted event flags its axon in its bank
+        accept, payload, int_bank, sweep_bank = (L["accept"], self.axon_in.payload, L["int_bank"],
+                                                 L["sweep_bank"])
+        event_bank = Mux(self.step, ~int_bank, int_bank)
+        for b in range(2):
+            m.d.comb += [event_wr[b].addr.eq(payload), event_wr[b].data.eq(1),
+                         event_wr[b].en.eq(accept & (payload < A) & (event_bank == b))]
+
+        # the sweep records every neuron's spike (S9)
+        v9, n9, fired9 = L["v9"], L["n9"], L["fired9"]
+        lane9 = n9[:lane_bits] if lane_bits else Const(0, 1)
+        m.d.comb += [fired_wr.addr.eq(n9 >> lane_bits), fired_wr.data.eq(Mux(fired9, (1 << P) - 1, 0)),
+                     fired_wr.en.eq(Mux(v9, 1 << lane9, 0))]
+
+        # --- amplitude * reward, per phase (registered: config and reward are quasi-static) ---
+        def amplitude(a):
+            product = Signal(signed(2 * T + 1), name=f"{a.name}_reward")
+            m.d.sync += product.eq(a * self.reward)
+            negative = Signal(name=f"{a.name}_negative")
+            magnitude = Signal(2 * T - 1, name=f"{a.name}_magnitude")    # |a * R| <= 255 * 128
+            m.d.sync += [negative.eq(product < 0), magnitude.eq(Mux(product < 0, -product, product))]
+            return negative, magnitude
+        neg_minus, mag_minus = amplitude(config[StdpField.A_MINUS])
+        neg_plus, mag_plus = amplitude(config[StdpField.A_PLUS])
+        shift = config[StdpField.SHIFT]
+        round_mask = Signal(STDP_SHIFT_MAX)
+        m.d.comb += round_mask.eq((Const(1, STDP_SHIFT_MAX + 1) << shift) - 1)
+
+        # trace decays as factors 4096 - d (written with the decay)
+        factor = {field: Signal(DECAY_BITS + 1, init=DECAY_ONE - STDP_DEFAULTS[field][1],
+                                name=f"{field.name.lower()}_factor")
+                  for field in (StdpField.PRE_DECAY, StdpField.POST_DECAY)}
+
+        def decayed(trace, field):
+            """``trace * (4096 - d) >> 12`` of an unsigned trace (rounding toward zero)."""
+            return ((trace * factor[field]) >> DECAY_BITS)[:T]
+
+        def incremented(trace, increment):
+            total = trace + increment
+            return Mux(total > trace_max, trace_max, total[:T])
+
+        def pipe(name, value, shape=None):
+            """A pipeline register holding `value` one cycle later (only valid bits are reset)."""
+            reg = Signal(shape if shape is not None else value.shape(), name=name,
+                         reset_less="valid" not in name)
+            m.d.sync += reg.eq(value)
+            return reg
+
+        # --- weight read-modify-write pipeline ---------------------------------------------------
+        # issue: read the weight word (and its traces); 1: memory data out; 2: registered data,
+        # the updated lanes step their LFSRs; 3: |a R| * trace, draw & mask; 4: + draw;
+        # 5: >> shift (saturated at 255, which clips the same); 6: clip(w -/+ dw) and write back
+        rmw_issue = Signal()
+        rmw_addr = Signal(range(A * W))
+        rmw_potentiate = Signal()
+        rmw_mask = Signal(P)
+        rmw_valid = [rmw_issue]
+        rmw_address = [rmw_addr]
+        for k in range(1, 6):
+            rmw_valid.append(pipe(f"rmw_valid{k}", rmw_valid[-1]))
+            rmw_address.append(pipe(f"rmw_addr{k}", rmw_address[-1]))
+        rmw_running = Cat(*rmw_valid[1:]).any()
+        pot1 = pipe("rmw_potentiate1", rmw_potentiate)
+        mask1 = pipe("rmw_mask1", rmw_mask)
+
+        # stage 1 -> 2: the memory outputs go straight into registers; stage 2: the lanes to update
+        weights = {2: L["weights2"]}       # the integration's stage-2 register of the weight word
+        pot2 = pipe("rmw_potentiate2", pot1)
+        mask2 = pipe("rmw_mask2", mask1)
+        pre2 = pipe("rmw_pre2", pre_rd.data)
+        post2 = pipe("rmw_post2", post_rd.data)
+        plastic2 = pipe("rmw_plastic2", plastic_rd.data)
+        enable = {2: Signal(P, name="rmw_enable2")}
+        m.d.comb += enable[2].eq(Mux(rmw_valid[2], mask2 & Mux(pot2 & ~plastic2, 0, (1 << P) - 1), 0))
+        trace2 = [Mux(pot2, pre2, post2[lane]) for lane in range(P)]
+
+        # stage 2 -> 3: step the LFSRs of the updated lanes; |a R| * trace; the sign of dw
+        # (depression: w - dw; potentiation: w + dw; dw has the sign of a R)
+        magnitude2 = Mux(pot2, mag_plus, mag_minus)
+        subtract = {3: pipe("rmw_subtract3", Mux(pot2, neg_plus, ~neg_minus))}
+        product3, draw3 = [], []
+        for lane in range(P):
+            nxt = Signal(LFSR_BITS, name=f"lfsr{lane}_next")
+            m.d.comb += nxt.eq((lfsr[lane] >> 1) ^ Mux(lfsr[lane][0], LFSR_TAPS, 0))
+            with m.If(enable[2][lane]):
+                m.d.sync += lfsr[lane].eq(nxt)
+            product3.append(pipe(f"rmw_product{lane}_3", magnitude2 * trace2[lane], unsigned(3 * T - 1)))
+            draw3.append(pipe(f"rmw_draw{lane}_3", nxt & round_mask, unsigned(STDP_SHIFT_MAX)))
+        for k in range(3, 6):
+            weights[k] = pipe(f"rmw_weights{k}", weights[k - 1])
+            enable[k] = pipe(f"rmw_enable{k}", enable[k - 1])
+            if k > 3:
+                subtract[k] = pipe(f"rmw_subtract{k}", subtract[k - 1])
+
+        # stage 3 -> 4: |m| + (draw & mask) (< 2^23: |m| <= 255 * 255 * 128)
+        sum4 = [pipe(f"rmw_sum{lane}_4", product3[lane] + draw3[lane], unsigned(3 * T - 1)) for lane in range(P)]
+        # stage 4 -> 5: >> shift; a change above 255 clips to a bound whatever the weight
+        change5 = []
+        for lane in range(P):
+            shifted = sum4[lane] >> shift
+            change5.append(pipe(f"rmw_change{lane}_5", Mux(shifted > 255, 255, shifted[:8]), unsigned(8)))
+        # stage 5: clip(w -/+ change, w_min, w_max), written back (only the updated lanes)
+        w_min, w_max = config[StdpField.W_MIN], config[StdpField.W_MAX]
+        new_weights = []
+        for lane in range(P):
+            w = weights[5][lane]
+            total = Signal(signed(WEIGHT_BITS + 2), name=f"rmw_total{lane}")
+            m.d.comb += total.eq(Mux(subtract[5], w - change5[lane], w + change5[lane]))
+            bounded = Mux(total < w_min, w_min, Mux(total > w_max, w_max, total[:WEIGHT_BITS]))
+            new_weights.append(bounded[:WEIGHT_BITS])
+        with m.If(rmw_valid[5]):
+            m.d.comb += [weight_wr.addr.eq(rmw_address[5]), weight_wr.data.eq(Cat(*new_weights)),
+                         weight_wr.en.eq(enable[5])]
+
+        # --- post-trace passes (decay before depression, increments after potentiation) -------
+        # issue: read a word of post-traces and fired flags; 2: registered; 3: new traces; write
+        post_issue = Signal()
+        # the word counter of the post-trace passes, of a depressed row and of the fired scan
+        # (one register addresses post_trace_mem and fired_mem: no address multiplexer)
+        post_index = Signal(range(W + 1))
+        post_is_increment = Signal()
+        post_valid1 = pipe("post_valid1", post_issue)
+        post_valid2 = pipe("post_valid2", post_valid1)
+        post_valid3 = pipe("post_valid3", post_valid2)
+        post_valid4 = pipe("post_valid4", post_valid3)
+        post_word4 = pipe("post_word4", pipe("post_word3", pipe("post_word2", pipe("post_word1", post_index))))
+        post_increment2 = pipe("post_increment2", pipe("post_increment1", post_is_increment))
+        post_increment3 = pipe("post_increment3", post_increment2)
+        post_old2 = pipe("post_old2", post_rd.data)
+        post_old3 = pipe("post_old3", post_old2)
+        fired3 = pipe("post_fired3", pipe("post_fired2", fired_rd.data))
+        post_decayed3 = [pipe(f"post_decayed{lane}_3", decayed(post_old2[lane], StdpField.POST_DECAY))
+                         for lane in range(P)]
+        post_new4 = pipe("post_new4", Cat(*[
+            Mux(post_increment3,
+                Mux(fired3[lane], incremented(post_old3[lane], config[StdpField.POST_INCREMENT]), post_old3[lane]),
+                post_decayed3[lane])
+            for lane in range(P)]))
+        post_running = post_valid1 | post_valid2 | post_valid3 | post_valid4
+        with m.If(post_valid4):
+            m.d.comb += [post_wr.addr.eq(post_word4), post_wr.data.eq(post_new4), post_wr.en.eq((1 << P) - 1)]
+
+        # --- pre-trace updates of the axon scan: 1: registered; 2: decayed; write (+ increment)
+        pre_scan = Signal()
+        pre_valid1 = pipe("pre_valid1", pre_scan)
+        pre_valid2 = pipe("pre_valid2", pre_valid1)
+        pre_trace1 = Signal(T)
+        pre_event1 = Signal()
+        pre_axon1 = Signal(range(A))
+        pre_decayed2 = pipe("pre_decayed2", decayed(pre_trace1, StdpField.PRE_DECAY), unsigned(T))
+        pre_event2 = pipe("pre_event2", pre_event1)
+        pre_axon2 = pipe("pre_axon2", pre_axon1)
+        with m.If(pre_valid2):
+            m.d.comb += [pre_wr.addr.eq(pre_axon2), pre_wr.en.eq(1),
+                         pre_wr.data.eq(Mux(pre_event2, incremented(pre_decayed2, config[StdpField.PRE_INCREMENT]),
+                                            pre_decayed2))]
+        pre_running = pre_valid1 | pre_valid2
+
+        # --- the sequencer ----------------------------------------------------------------------
+        # Both scans read one entry per cycle through a 2-stage pipeline (1: memory data out,
+        # 2: registered) and decide from the registers; while a row or column issues, the
+        # memories' read enables and the pipeline hold, so the scan resumes without a bubble.
+        def scan_pipeline(prefix, count, sources, advance, start, issue=None):
+            """Entry index and registered `sources` of the entry at stage 2 (valid2)."""
+            if issue is None:
+                issue = Signal(range(count + 1), name=f"{prefix}_issue")
+            valid1, valid2 = Signal(name=f"{prefix}_valid1"), Signal(name=f"{prefix}_valid2")
+            index1 = Signal(range(count), name=f"{prefix}_index1")
+            index2 = Signal(range(count), name=f"{prefix}_index2")
+            data2 = {name: Signal(value.shape(), name=f"{prefix}_{name}2") for name, value in sources.items()}
+            with m.If(start):
+                m.d.sync += [issue.eq(0), valid1.eq(0), valid2.eq(0)]
+            with m.Elif(advance):
+                m.d.sync += [issue.eq(issue + (issue != count)), valid1.eq(issue != count), index1.eq(issue),
+                             valid2.eq(valid1), index2.eq(index1)]
+                m.d.sync += [data2[name].eq(value) for name, value in sources.items()]
+            return issue, valid2, index2, data2
+
+        # the axon counter of the axon scan and of a potentiated column (one register addresses
+        # the per-axon memories: no address multiplexer)
+        axon_counter = Signal(range(A + 1))
+        in_scan, in_row = Signal(), Signal()
+        in_column_scan, in_column = Signal(), Signal()
+        scan_start, column_start = Signal(), Signal()
+        scan_issue, scan_valid, scan_index, scan = scan_pipeline(
+            "scan", A, {"pre": pre_rd.data, "plastic": plastic_rd.data,
+                        "event": Mux(sweep_bank, event_rd[1].data, event_rd[0].data)}, in_scan, scan_start,
+            issue=axon_counter)
+        fired_issue, fired_valid, fired_index, fired_scan = scan_pipeline(
+            "fired", W, {"fired": fired_rd.data}, in_column_scan, column_start, issue=post_index)
+
+        row_axon = Signal(range(A))
+        row_addr = Signal(range(A * W))
+        column_word = Signal(range(W))
+        column_mask = Signal(P)
+        column_addr = Signal(range(A * W))
+        clear_axon = Signal(range(A))
+        enabled = self.learn & core_learning
+        sweep_done = ~L["sweep_pending"] & ~L["sweep_issuing"] & ~L["sweep_in_pipeline"]
+
+        with m.FSM(name="learning") as fsm:
+            with m.State("IDLE"):
+                with m.If(self.step):
+                    m.d.sync += clear_axon.eq(0)
+                    with m.If(enabled):
+                        m.next = "WAIT_SWEEP"
+                    with m.Else():
+                        m.next = "CLEAR"
+            with m.State("CLEAR"):         # learning off: clear the swept bank's pre-event flags
+                for b in range(2):
+                    with m.If(sweep_bank == b):
+                        m.d.comb += [event_wr[b].addr.eq(clear_axon), event_wr[b].data.eq(0),
+                                     event_wr[b].en.eq(1)]
+                m.d.sync += clear_axon.eq(clear_axon + 1)
+                with m.If(clear_axon == A - 1):
+                    m.next = "IDLE"
+            with m.State("WAIT_SWEEP"):
+                with m.If(sweep_done):
+                    m.d.sync += post_index.eq(0)
+                    m.next = "POST_DECAY"
+            with m.State("POST_DECAY"):
+                m.d.comb += [post_issue.eq(1), post_is_increment.eq(0)]
+                m.d.sync += post_index.eq(post_index + 1)
+                with m.If(post_index == W - 1):
+                    m.next = "POST_DECAY_DRAIN"
+            with m.State("POST_DECAY_DRAIN"):
+                m.d.comb += scan_start.eq(1)
+                with m.If(~post_running):
+                    m.next = "SCAN"
+            with m.State("SCAN"):
+                # the axon at stage 2: x = decay(x) (+ increment if it had an event); clear its
+                # flag; a plastic axon with an event has its row depressed
+                m.d.comb += in_scan.eq(1)
+                with m.If(scan_valid):
+                    m.d.comb += pre_scan.eq(1)
+                    m.d.sync += [pre_trace1.eq(scan["pre"]), pre_event1.eq(scan["event"]),
+                                 pre_axon1.eq(scan_index)]
+                    for b in range(2):
+                        with m.If(sweep_bank == b):
+                            m.d.comb += [event_wr[b].addr.eq(scan_index), event_wr[b].data.eq(0),
+                                         event_wr[b].en.eq(1)]
+                    with m.If(scan["event"] & scan["plastic"]):
+                        m.d.sync += [row_axon.eq(scan_index), row_addr.eq(scan_index * W), post_index.eq(0)]
+                        m.next = "ROW"
+                    with m.Elif(scan_index == A - 1):
+                        m.next = "DEPRESSION_DRAIN"
+            with m.State("ROW"):
+                m.d.comb += [in_row.eq(1), rmw_issue.eq(1), rmw_addr.eq(row_addr),
+                             rmw_potentiate.eq(0), rmw_mask.eq((1 << P) - 1)]
+                m.d.sync += [row_addr.eq(row_addr + 1), post_index.eq(post_index + 1)]
+                with m.If(post_index == W - 1):
+                    with m.If(row_axon == A - 1):
+                        m.next = "DEPRESSION_DRAIN"
+                    with m.Else():
+                        m.next = "SCAN"
+            with m.State("DEPRESSION_DRAIN"):
+                m.d.comb += column_start.eq(1)
+                with m.If(~rmw_running & ~pre_running):
+                    m.next = "COLUMN_SCAN"
+            with m.State("COLUMN_SCAN"):
+                m.d.comb += in_column_scan.eq(1)
+                with m.If(fired_valid):
+                    with m.If(fired_scan["fired"] != 0):
+                        m.d.sync += [column_mask.eq(fired_scan["fired"]), column_word.eq(fired_index),
+                                     axon_counter.eq(0), column_addr.eq(fired_index)]
+                        m.next = "COLUMN"
+                    with m.Elif(fired_index == W - 1):
+                        m.next = "POTENTIATION_DRAIN"
+            with m.State("COLUMN"):
+                m.d.comb += [in_column.eq(1), rmw_issue.eq(1), rmw_addr.eq(column_addr),
+                             rmw_potentiate.eq(1), rmw_mask.eq(column_mask)]
+                m.d.sync += [axon_counter.eq(axon_counter + 1), column_addr.eq(column_addr + W)]
+                with m.If(axon_counter == A - 1):
+                    with m.If(column_word == W - 1):
+                        m.next = "POTENTIATION_DRAIN"
+                    with m.Else():
+                        m.next = "COLUMN_SCAN"
+            with m.State("POTENTIATION_DRAIN"):
+                with m.If(~rmw_running):
+                    m.d.sync += post_index.eq(0)
+                    m.next = "POST_INCREMENT"
+            with m.State("POST_INCREMENT"):
+                m.d.comb += [post_issue.eq(1), post_is_increment.eq(1)]
+                m.d.sync += post_index.eq(post_index + 1)
+                with m.If(post_index == W - 1):
+                    m.next = "IDLE"
+
+        learning_phase = ~fsm.ongoing("IDLE") & ~fsm.ongoing("CLEAR")
+        m.d.comb += [
+            L["learn_busy"].eq(~fsm.ongoing("IDLE") | post_running),
+            L["learn_hold"].eq(learning_phase | (self.step & enabled)),
+        ]
+
+        # read ports: the scans (holding while a row or column issues), the weight pipeline,
+        # the post-trace passes, or a request while idle
+        m.d.comb += [
+            pre_rd.addr.eq(axon_counter), pre_rd.en.eq(~in_row),
+            plastic_rd.addr.eq(axon_counter), plastic_rd.en.eq(~in_row),
+            event_rd[0].addr.eq(axon_counter), event_rd[0].en.eq(~in_row),
+            event_rd[1].addr.eq(axon_counter), event_rd[1].en.eq(~in_row),
+            post_rd.addr.eq(post_index),
+            fired_rd.addr.eq(post_index), fired_rd.en.eq(~in_column),
+        ]
+        with m.If(rmw_issue):       # integration of the swept bank is over by then
+            m.d.comb += weight_rd.addr.eq(rmw_addr)
+        m.d.sync += [
+            Assert(~(rmw_issue & (L["iss_active"] | mem_access)), "learning: weight memory in use"),
+            Assert(~(learning_phase & accept), "learning: an event accepted during the learning phase"),
+        ]
+
+        # --- memory requests ------------------------------------------------------------------
+        req_post = Signal(range(A + N))
+        m.d.comb += req_post.eq(req_addr - A)
+        req_post_word = req_post >> lane_bits
+        req_post_lane = req_post[:lane_bits] if lane_bits else Const(0, 1)
+        req_is_pre = req_addr < A
+        reseed = Signal()
+        m.d.sync += reseed.eq(0)            # set by a SEED write below
+        with m.If(mem_access):
+            m.d.comb += [pre_rd.addr.eq(req_addr), plastic_rd.addr.eq(req_addr), post_rd.addr.eq(req_post_word)]
+            with m.If(write & req_hit[MemorySpace.TRACE]):
+                with m.If(req_is_pre):
+                    m.d.comb += [pre_wr.addr.eq(req_addr), pre_wr.data.eq(request.data[:T]), pre_wr.en.eq(1)]
+                with m.Else():
+                    m.d.comb += [post_wr.addr.eq(req_post_word),
+                                 post_wr.data.eq(Cat(*[request.data[:T]] * P)),
+                                 post_wr.en.eq(1 << req_post_lane)]
+            m.d.comb += [plastic_wr.addr.eq(req_addr), plastic_wr.data.eq(request.data[0]),
+                         plastic_wr.en.eq(write & req_hit[MemorySpace.PLASTIC])]
+            with m.If(write & req_hit[MemorySpace.CORE] & (req_addr == CoreRegister.LEARNING.value)):
+                m.d.sync += core_learning.eq(request.data[0])
+            with m.If(write & req_hit[MemorySpace.STDP]):
+                with m.Switch(req_addr[:4]):
+                    for field, register in config.items():
+                        with m.Case(field.value):
+                            if field in factor:
+                                value = Mux(request.data > DECAY_ONE, DECAY_ONE, request.data[:DECAY_BITS + 1])
+                                m.d.sync += factor[field].eq(DECAY_ONE - value)
+                            else:
+                                value = request.data[:len(register)]
+                            m.d.sync += register.eq(value)
+                            if field is StdpField.SEED:
+                                m.d.sync += reseed.eq(1)
+                    # StdpField.REWARD is the chip's register (the `reward` port): not written here
+
+        # a SEED write reseeds every lane's LFSR in the next cycle (from the seed register)
+        with m.If(reseed):
+            for lane in range(P):
+                seeded = (config[StdpField.SEED] + 0x9E37 * (lane + 1))[:LFSR_BITS]
+                m.d.sync += lfsr[lane].eq(Mux(seeded == 0, 1, seeded))
+
+        raw_pre, raw_plastic = Signal(T), Signal()
+        raw_post = Signal(post_layout)
+        with m.If(mem_collect):
+            m.d.sync += [raw_pre.eq(pre_rd.data), raw_plastic.eq(plastic_rd.data), raw_post.eq(post_rd.data)]
+        with m.If(mem_format & ~request.write):
+            with m.If(req_hit[MemorySpace.TRACE]):
+                m.d.sync += resp_data.eq(Mux(req_is_pre, raw_pre,
+                                             raw_post.as_value().word_select(req_post_lane, T) if P > 1
+                                             else raw_post.as_value()))
+            with m.If(req_hit[MemorySpace.PLASTIC]):
+                m.d.sync += resp_data.eq(raw_plastic)
+            with m.If(req_hit[MemorySpace.CORE] & (req_addr == CoreRegister.LEARNING.value)):
+                m.d.sync += resp_data.eq(core_learning)
+            with m.If(req_hit[MemorySpace.STDP]):
+                with m.Switch(req_addr[:4]):
+                    for field, register in config.items():
+                        with m.Case(field.value):
+                            m.d.sync += resp_data.eq(register)      # sign-extends w_min, w_max
+                    with m.Case(StdpField.REWARD.value):
+                        m.d.sync += resp_data.eq(self.reward)
