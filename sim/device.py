@@ -129,7 +129,7 @@ class PysimTransport(Transport):
 
 
 # --- Verilator sim device ----------------------------------------------------------------------
-def build_device(shape, *, chip="loopback", rx_timeout=1_000_000):
+def build_device(shape, *, chip="chip", rx_timeout=1_000_000):
     """Build (or fetch from the cache) the sim device executable for `shape`; returns its path."""
     from neurofabric.hdl.top import LinkedChip
     from neurofabric.sim.verilator import build_executable, to_verilog
@@ -137,7 +137,7 @@ def build_device(shape, *, chip="loopback", rx_timeout=1_000_000):
     top = LinkedChip(shape, chip_factory=_chip_factory(chip), rx_timeout=rx_timeout)
     verilog = to_verilog(top, name="linked_chip")
     sources = [os.path.join(CPP_DIR, "device.cpp")]
-    flags = ("-Wno-fatal", "-O3", "--x-assign", "fast", "--x-initial", "fast", "-CFLAGS", "-O2")
+    flags = ("-O3", "--x-assign", "fast", "--x-initial", "fast", "-CFLAGS", "-O2")
     return build_executable(verilog, "linked_chip", sources, flags=flags)
 
 
@@ -145,7 +145,7 @@ class SimDevice:
     """A running sim device process. ``url`` is ``socket://127.0.0.1:PORT``; the process serves
     one client and exits when it disconnects. Use as a context manager or call :meth:`close`."""
 
-    def __init__(self, shape=None, *, chip="loopback", rx_timeout=1_000_000, executable=None, start_timeout=30.0):
+    def __init__(self, shape=None, *, chip="chip", rx_timeout=1_000_000, executable=None, start_timeout=30.0):
         self.shape = shape = shape or DEFAULT_SHAPE
         self.executable = str(executable or build_device(shape, chip=chip, rx_timeout=rx_timeout))
         self.process = subprocess.Popen([self.executable], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -202,7 +202,7 @@ class SimDevice:
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m neurofabric.sim.device",
                                      description="Run the Verilator sim device of a chip; print its URL.")
-    parser.add_argument("--chip", default="loopback", help="'chip', 'loopback' or 'loopback:DEPTH'")
+    parser.add_argument("--chip", default="chip", help="'chip', 'loopback' or 'loopback:DEPTH'")
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--neurons", type=int, default=64)
     parser.add_argument("--axons", type=int, default=64)

