@@ -4,6 +4,8 @@
 - ``neurofabric run [--device D] [--network FILE.npz|builtin] [--steps N]``: load a small
   network and run it; prints spike counts and the chip's counters.
 - ``neurofabric demo [--device D] [--steps T] [--out DIR]``: the digits demo (host/demo.py).
+- ``neurofabric demo --learn [--quick] [--device D] [--out DIR]``: unsupervised STDP learning of
+  the digits on the chip (host/learn_demo.py; device ``model`` by default).
 - ``neurofabric sim-server ...``: start the Verilator sim device (neurofabric.sim.device).
 
 Devices: ``model`` (the numpy model), ``sim`` (the Verilator sim device), ``serial://PORT``,
@@ -86,6 +88,18 @@ def _run(args):
 
 
 def _demo(args):
+    if args.learn:
+        from neurofabric.host.learn_demo import format_learn_summary, run_learn_demo
+        out = args.out or "build/learn_demo"
+        summary = run_learn_demo(device=args.device or "model", out_dir=out, quick=args.quick,
+                                 progress=False if args.quiet else True)
+        print(format_learn_summary(summary))
+        print(f"wrote {out}/receptive_fields.png, weights.npz, summary.json")
+        return 0
+    if args.quick:
+        from neurofabric.host.network import ValidationError
+        raise ValidationError("--quick applies to demo --learn only", "quick", True)
+    args.device, args.out = args.device or "sim", args.out or "build/demo"
     from neurofabric.host.demo import format_summary, run_demo
     summary = run_demo(device=args.device, steps=args.steps, hidden=args.hidden, out_dir=args.out,
                        limit=args.limit, compare=not args.no_compare, progress=False if args.quiet else True)
@@ -123,14 +137,17 @@ def build_parser():
     p.add_argument("--progress", action="store_true", help="show a progress bar")
     p.set_defaults(func=_run)
 
-    p = sub.add_parser("demo", help="ANN->SNN digits classification on the chip")
-    p.add_argument("--device", default="sim", help="default: sim (use --device model for the numpy model)")
+    p = sub.add_parser("demo", help="ANN->SNN digits classification on the chip (--learn: STDP learning)")
+    p.add_argument("--device", default=None, help="default: sim, or model with --learn")
     p.add_argument("--steps", type=int, default=16, help="input time steps per sample (T)")
     p.add_argument("--hidden", type=int, default=128, help="hidden layer size")
-    p.add_argument("--out", default="build/demo", help="output folder for the plots and summary.json")
+    p.add_argument("--out", default=None,
+                   help="output folder for the plots and summary.json (default build/demo, build/learn_demo)")
     p.add_argument("--limit", type=int, default=None, help="classify only the first N test samples")
     p.add_argument("--no-compare", action="store_true", help="skip the spike comparison with the model")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--learn", action="store_true", help="unsupervised STDP learning demo (host/learn_demo.py)")
+    p.add_argument("--quick", action="store_true", help="with --learn: a small, fast configuration")
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("sim-server", help="start the Verilator sim device (arguments pass through)",

@@ -1,0 +1,405 @@
+"""The learning demo: unsupervised STDP on the chip, Diehl & Cook (2015) style, on scikit-learn's
+8x8 digits (``neurofabric demo --learn``; docs/learning.md).
+
+The network (two cores: the plastic excitatory core and the inhibitory pool's core):
+
+- ``pixels``: 128 input channels, each pixel (intensity x) and its inverse 1 - x (ON and OFF
+  channels; ``channels="on"`` keeps only the 64 ON channels), Bernoulli rate code with
+  probability ``x * max_rate`` per step;
+- ``excitatory``: `neurons` LIF neurons with a negative `bias` (only drive above the average
+  makes them fire) and an adaptive threshold (``theta_plus`` per spike, decaying by ``dtheta``
+  per step: homeostasis);
+- ``pixels -> excitatory``: plastic, trace-based pair STDP with stochastic rounding on the
+  chip, int8 weights in ``[0, w_max]``, initialised from randomly chosen training images
+  (``init="samples"``; labels unused) or uniformly (``init="uniform"``);
+- ``excitatory -> inhibitory -> excitatory``: lateral inhibition through a pool of `pool`
+  inhibitory neurons. Each of them fires in the step after any excitatory spike and inhibits
+  every excitatory neuron by ``127 << weight_exp``; so an excitatory spike pulls every
+  excitatory membrane down by ``pool * 127`` weight units two steps later: a winner-take-all
+  whose strength is not bounded by one int8 weight (which must stay small next to the
+  threshold to leave the plastic weights their resolution).
+
+Training (on the chip, through :class:`~neurofabric.host.chip.Chip`): for each training image,
+run ``learn_after`` steps with learning off (the first, synchronous volley of spikes does not
+learn), then the remaining ``steps - learn_after`` steps with learning on; then rest: u, v,
+refractory counters and STDP traces are zeroed (:meth:`Chip.reset_state`), the adaptive
+thresholds are kept (read before and written back after: they carry the homeostasis from image
+to image). Every ``normalise_every`` images the host reads the plastic weights back and rescales
+every neuron's incoming weights to sum to ``weight_total`` (Diehl & Cook normalise too; pair STDP
+only changes weights of active inputs, so without it the weights of active inputs only grow).
+
+Evaluation: learning off (:meth:`Chip.set_learning`), thresholds frozen at their trained values
+(written back before every image); each neuron is labelled with the class it responds to most
+on the training set (mean spike count per class), and a test image is classified as the class
+whose labelled neurons spike most on average.
+
+Saves ``receptive_fields.png``, ``weights.npz`` and ``summary.json`` into `out_dir`; progress
+goes to stderr. Chip time: about ``steps`` model steps per image, 1257 training + 1797
+labelling/test images by default."""
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from neurofabric.hdl.protocol import MemorySpace, StateField
+from neurofabric.host.chip import Chip, Progress
+from neurofabric.host.compiler import STATE_WORDS
+from neurofabric.host.encoding import bernoulli_encode
+from neurofabric.host.network import LIF, STDP, Network, ValidationError
+
+__all__ = ["LearnConfig", "QUICK", "build_network", "encode", "run_learn_demo", "format_learn_summary",
+           "assign_labels", "predict"]
+
+
+@dataclass(frozen=True)
+class LearnConfig:
+    """Every knob of the learning demo (chip units: weights in int8 steps, decays in 1/4096)."""
+    neurons: int = 100              #: excitatory learning neurons
+    channels: str = "onoff"         #: "on" (64 pixel channels) or "onoff" (+ 64 inverted channels)
+    steps: int = 120                #: time steps per image
+    max_rate: float = 0.125         #: spike probability per step of a full-intensity channel
+    ramp: int = 0                   #: the input rate rises linearly over the first `ramp` steps
+    epochs: int = 1                 #: passes over the training images
+    learn_after: int = 30           #: learning is switched on only after this many steps of an image
+    train_limit: int | None = None  #: use only the first N training images (None: all 1257)
+    label_limit: int | None = None  #: label neurons on the first N training images (None: all)
+    test_limit: int | None = None   #: classify only the first N test images (None: all 540)
+    threshold: int = 600            #: firing threshold (int8 weight units)
+    dv: int = 137                   #: membrane decay per step (137/4096: tau ~ 30 steps)
+    du: int = 4096                  #: synaptic current decay per step (4096: input lasts one step)
+    refractory: int = 0
+    v_reset: int = 0                #: membrane potential after a spike (int8 weight units)
+    bias: int = -80                 #: constant input per step (int8 weight units; negative: only
+                                    #: inputs well above the average drive make a neuron fire)
+    theta_plus: int = 5             #: adaptive threshold increment per spike (int8 weight units)
+    dtheta: int = 1                 #: adaptive threshold decay per step (1/4096 units: tau 4096 steps)
+    pool: int = 8                   #: inhibitory neurons; an excitatory spike inhibits by pool * 127
+    w_max: int = 127                #: upper bound of the plastic weights (int8)
+    weight_total: int = 1280        #: sum of each neuron's input weights after normalisation
+    normalise_every: int = 4        #: images between host-side weight normalisations (0: never)
+    a_plus: int = 1
+    a_minus: int = 1
+    shift: int = 8
+    pre_increment: int = 16
+    post_increment: int = 16
+    tau_pre: float = 30.0
+    tau_post: float = 30.0
+    weight_exp: int = 8             #: the core's weight exponent (state units = int8 << weight_exp)
+    init: str = "samples"           #: initial weights: "samples" (random training images) or "uniform"
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.channels not in ("on", "onoff"):
+            raise ValidationError(f"channels must be 'on' or 'onoff', not {self.channels!r}", "channels",
+                                  self.channels, ("on", "onoff"))
+        if self.init not in ("samples", "uniform"):
+            raise ValidationError(f"init must be 'samples' or 'uniform', not {self.init!r}", "init", self.init,
+                                  ("samples", "uniform"))
+        if not 0 < self.max_rate <= 1:
+            raise ValidationError(f"max_rate = {self.max_rate} is out of range: allowed (0, 1]", "max_rate",
+                                  self.max_rate, (0, 1))
+        for name, lo, hi in (("neurons", 2, 1 << 16), ("steps", 1, 1 << 16), ("learn_after", 0, self.steps - 1),
+                             ("epochs", 1, 1000),
+                             ("pool", 1, 1 << 10), ("w_max", 1, 127), ("weight_exp", 0, 15),
+                             ("normalise_every", 0, 1 << 20), ("weight_total", 1, 1 << 20)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not lo <= value <= hi:
+                raise ValidationError(f"{name} = {value!r} is out of range: allowed [{lo}, {hi}]", name, value,
+                                      (lo, hi))
+
+    @property
+    def inputs(self):
+        return 64 if self.channels == "on" else 128
+
+
+#: a small configuration for tests and smoke runs (about 20 s on the model): 20 neurons, the
+#: first 200 training images to train and label, 100 test images
+QUICK = LearnConfig(neurons=20, train_limit=200, label_limit=200, test_limit=100)
+
+
+def build_network(cfg, rng, samples=None):
+    """The network of the module docstring: (network, input population, excitatory population,
+    plastic connection). Initial weights: uniform in ``[0, w_max/2]``, or, if `samples` (images,
+    64) is given, one randomly chosen image per neuron (its channel intensities) plus 10 %
+    uniform noise; then normalised."""
+    scale = 1 << cfg.weight_exp
+    net = Network()
+    pixels = net.input(cfg.inputs, name="pixels")
+    neuron = LIF(threshold=cfg.threshold * scale, dv=cfg.dv, du=cfg.du, refractory=cfg.refractory,
+                 v_reset=cfg.v_reset * scale, theta_plus=cfg.theta_plus * scale, dtheta=cfg.dtheta)
+    exc = net.population(cfg.neurons, neuron, bias=cfg.bias * scale, name="excitatory")
+    # the inhibitory pool: v is this step's input only (dv = 4096), so every pool neuron fires in
+    # the step after any excitatory spike, and each of them inhibits every excitatory neuron
+    pool = net.population(cfg.pool, LIF(threshold=1, dv=4096), name="inhibitory")
+    w0 = rng.uniform(0, cfg.w_max / 2, (cfg.inputs, cfg.neurons))
+    if samples is not None:
+        chosen = rng.choice(len(samples), cfg.neurons, replace=len(samples) < cfg.neurons)
+        picks = np.asarray(samples, dtype=np.float64)[chosen]
+        if cfg.channels == "onoff":
+            picks = np.concatenate([picks, 1.0 - picks], axis=1)
+        w0 = picks.T * cfg.w_max + 0.2 * w0
+    w0 = _normalised(np.round(w0).astype(np.int64), cfg, rng)
+    stdp = STDP(a_plus=cfg.a_plus, a_minus=cfg.a_minus, shift=cfg.shift, pre_increment=cfg.pre_increment,
+                post_increment=cfg.post_increment, tau_pre=cfg.tau_pre, tau_post=cfg.tau_post,
+                w_min=0, w_max=cfg.w_max, seed=(cfg.seed * 7919 + 1) & 0xFFFF or 1)
+    plastic = net.connect(pixels, exc, weights=w0 * scale, plastic=stdp)
+    net.connect(exc, pool, weights=1)
+    # -127 << weight_exp fixes the excitatory core's exponent at weight_exp, so the plastic
+    # weights are stored exactly (whole int8 steps)
+    net.connect(pool, exc, weights=-127 * scale)
+    return net, pixels, exc, plastic
+
+
+def _normalised(w, cfg, rng):
+    """Scale each column of int8 weights `w` to sum to ``weight_total`` (rounded to nearest, so
+    a column already at the total is unchanged; clipped to [0, w_max])."""
+    w = np.asarray(w, dtype=np.float64)
+    sums = w.sum(axis=0, keepdims=True)
+    target = np.where(sums > 0, w * (cfg.weight_total / np.maximum(sums, 1e-12)), cfg.weight_total / len(w))
+    return np.clip(np.round(target), 0, cfg.w_max).astype(np.int64)
+
+
+def encode(x, cfg, seed):
+    """Input raster (steps, channels) for one image `x` (64 intensities in [0, 1])."""
+    x = np.asarray(x, dtype=np.float64)
+    if cfg.channels == "onoff":
+        x = np.concatenate([x, 1.0 - x])
+    if not cfg.ramp:
+        return bernoulli_encode(x * cfg.max_rate, cfg.steps, seed=seed)
+    # a rising rate: the best-matching neuron crosses its threshold alone, before the others
+    gain = np.minimum(1.0, (np.arange(cfg.steps) + 1) / cfg.ramp)[:, None]
+    return np.random.default_rng(seed).random((cfg.steps, len(x))) < gain * (x * cfg.max_rate)[None, :]
+
+
+class _PlasticCore:
+    """Host-side access to the plastic projection and the learning neurons' thresholds, through
+    the chip's memory map (works on every backend)."""
+
+    def __init__(self, chip, compiled, connection, exc):
+        (self.slice,) = compiled.slices_of(exc)
+        self.chip, self.connection, self.exc = chip, connection, exc
+        self.base = compiled.axon_blocks[(self.slice.core, connection.pre)]
+        self.neurons = chip.info.neurons
+
+    def weights(self):
+        return self.chip.read_weights(self.connection, raw=True)
+
+    def write_weights(self, w):
+        """Write the int8 weights of the plastic projection (the other neurons' columns of the
+        same axon rows are read back and kept)."""
+        s, N, pre = self.slice, self.neurons, self.connection.pre.size
+        rows = self.chip.backend.read(MemorySpace.WEIGHT, s.core, self.base * N, pre * N).reshape(pre, N)
+        rows[:, s.offset:s.offset + s.stop - s.start] = w
+        self.chip.backend.write(MemorySpace.WEIGHT, s.core, self.base * N, rows.ravel())
+
+    def theta(self):
+        return self.chip.read_state(self.exc)["theta"]
+
+    def rest(self, theta):
+        """Return to rest between images, keeping the adaptive thresholds `theta`."""
+        self.chip.reset_state()
+        s = self.slice
+        words = np.zeros((s.stop - s.start, STATE_WORDS), dtype=np.int64)
+        words[:, StateField.THETA.value] = theta
+        self.chip.backend.write(MemorySpace.STATE, s.core, s.offset * STATE_WORDS, words.ravel())
+
+
+def learn_shape(cfg):
+    """The chip shape the demo asks for: two cores (the plastic excitatory core, the pool's
+    core), each with room for the neurons and the axons it needs."""
+    from neurofabric.host.model import ChipShape
+    neurons = max(8, -(-max(cfg.neurons, cfg.pool) // 8) * 8)
+    return ChipShape(cores=2, neurons=neurons, axons=max(cfg.inputs + cfg.pool, cfg.neurons),
+                     lanes=8, route_entries=max(512, 2 * (cfg.neurons + cfg.pool)))
+
+
+def assign_labels(counts, y, classes=10):
+    """Each neuron's class: the class with the highest mean response (spike count) over the
+    images of that class. Neurons that never fired get label -1."""
+    counts = np.asarray(counts, dtype=np.float64)
+    mean = np.stack([counts[y == c].mean(axis=0) if np.any(y == c) else np.zeros(counts.shape[1])
+                     for c in range(classes)])
+    labels = np.argmax(mean, axis=0)
+    labels[counts.sum(axis=0) == 0] = -1
+    return labels
+
+
+def predict(counts, labels, classes=10):
+    """Class per image: the highest mean spike count of the neurons labelled with each class
+    (classes without neurons score -1; ties go to the lowest class)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    scores = np.full((len(counts), classes), -1.0)
+    for c in range(classes):
+        members = labels == c
+        if members.any():
+            scores[:, c] = counts[:, members].mean(axis=1)
+    return np.argmax(scores, axis=1)
+
+
+def _respond(chip, core, pixels, exc, x, cfg, theta, seed, bar):
+    """Spike counts (images, neurons) with learning off and thresholds fixed at `theta`."""
+    counts = np.zeros((len(x), cfg.neurons), dtype=np.int64)
+    for i in range(len(x)):
+        core.rest(theta)
+        result = chip.run({pixels: encode(x[i], cfg, seed + i)}, steps=cfg.steps)
+        counts[i] = result.counts(exc)
+        bar.update(1)
+    return counts
+
+
+def _plot_fields(path, w, labels, cfg):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fields = w[:64].astype(np.float64)
+    if cfg.channels == "onoff":
+        fields = fields - w[64:128]
+    cols = int(np.ceil(np.sqrt(cfg.neurons)))
+    rows = int(np.ceil(cfg.neurons / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.9, rows * 0.95))
+    for k, ax in enumerate(np.ravel(axes)):
+        ax.set_axis_off()
+        if k < cfg.neurons:
+            ax.imshow(fields[:, k].reshape(8, 8), cmap="gray_r" if cfg.channels == "on" else "RdBu_r",
+                      interpolation="nearest")
+            ax.set_title(str(labels[k]) if labels[k] >= 0 else "-", fontsize=7, pad=1)
+    fig.suptitle("learned receptive fields (title: assigned class)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run_learn_demo(device="model", out_dir="build/learn_demo", config=None, quick=False, progress=None,
+                   log=None, device_options=None):
+    """Train, label and test on `device`; returns the summary dict (also ``summary.json``).
+    `config`: a :class:`LearnConfig` (default: ``LearnConfig()``, or :data:`QUICK` if `quick`)."""
+    from neurofabric.host.demo import load_data
+
+    cfg = config if config is not None else (QUICK if quick else LearnConfig())
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    rng = np.random.default_rng(cfg.seed)
+    options = dict(device_options or {})
+    options.setdefault("shape", learn_shape(cfg))
+    chip = Chip.open(device, **options)
+    try:
+        x_train, x_test, y_train, y_test = load_data(0)
+        x_fit = x_train if cfg.train_limit is None else x_train[:cfg.train_limit]
+        x_label = x_train if cfg.label_limit is None else x_train[:cfg.label_limit]
+        y_label = y_train if cfg.label_limit is None else y_train[:cfg.label_limit]
+        if cfg.test_limit is not None:
+            x_test, y_test = x_test[:cfg.test_limit], y_test[:cfg.test_limit]
+
+        net, pixels, exc, plastic = build_network(cfg, rng, x_fit if cfg.init == "samples" else None)
+        compiled = chip.load(net, record=[exc])
+        log(compiled.summary())
+        core = _PlasticCore(chip, compiled, plastic, exc)
+        w_initial = core.weights()
+        theta = np.zeros(cfg.neurons, dtype=np.int64)
+
+        # --- training: STDP on the chip ------------------------------------------------------
+        t_train = time.perf_counter()
+        chip.set_learning(True)
+        train_spikes, normalisations, silent, checked = 0, 0, 0, False
+        total = cfg.epochs * len(x_fit)
+        with Progress(total, f"train ({chip.info.build})", progress) as bar:
+            for epoch in range(cfg.epochs):
+                order = rng.permutation(len(x_fit))
+                for k, i in enumerate(order):
+                    core.rest(theta)
+                    raster = encode(x_fit[i], cfg, 1_000_000 * (epoch + 1) + int(i))
+                    n_spikes = 0
+                    if cfg.learn_after:
+                        chip.set_learning(False)
+                        result = chip.run({pixels: raster[:cfg.learn_after]}, steps=cfg.learn_after)
+                        n_spikes += int(len(result.spikes(exc)))
+                        chip.set_learning(True)
+                    result = chip.run({pixels: raster[cfg.learn_after:]}, steps=cfg.steps - cfg.learn_after)
+                    learning_spikes = int(len(result.spikes(exc)))
+                    n_spikes += learning_spikes
+                    if not checked and learning_spikes and normalisations == 0 and cfg.a_plus:
+                        # the first image with spikes while learning: the device must have
+                        # changed weights (else it has no learning; the host's normalisation
+                        # would hide that later)
+                        if np.array_equal(core.weights(), w_initial):
+                            raise ValidationError(
+                                f"the device {device!r} changed no plastic weight while its neurons spiked "
+                                "with learning on: it does not implement on-chip learning", "device", device)
+                        checked = True
+                    train_spikes += n_spikes
+                    silent += n_spikes == 0
+                    theta = core.theta()
+                    if cfg.normalise_every and (k + 1) % cfg.normalise_every == 0:
+                        core.write_weights(_normalised(core.weights(), cfg, rng))
+                        normalisations += 1
+                    bar.update(1)
+        t_train = time.perf_counter() - t_train
+        w_learned = core.weights()
+        changed = int(np.count_nonzero(w_learned != w_initial))
+        log(f"training: {total} images, {train_spikes} spikes ({silent} silent images), "
+            f"{changed} of {w_learned.size} weights changed, {normalisations} normalisations, {t_train:.1f} s")
+
+        # --- labelling and testing: learning off, thresholds frozen ------------------------
+        chip.set_learning(False)
+        t_eval = time.perf_counter()
+        with Progress(len(x_label) + len(x_test), f"label+test ({chip.info.build})", progress) as bar:
+            label_counts = _respond(chip, core, pixels, exc, x_label, cfg, theta, 2_000_000, bar)
+            test_counts = _respond(chip, core, pixels, exc, x_test, cfg, theta, 3_000_000, bar)
+        t_eval = time.perf_counter() - t_eval
+        build = chip.info.build
+        stats = chip.stats()
+    finally:
+        chip.close()
+
+    labels = assign_labels(label_counts, y_label)
+    pred = predict(test_counts, labels)
+    accuracy = float(np.mean(pred == y_test))
+    train_accuracy = float(np.mean(predict(label_counts, labels) == y_label))
+    _plot_fields(out_dir / "receptive_fields.png", w_learned, labels, cfg)
+    fields = w_learned.astype(np.float64)
+    corr = np.corrcoef(fields.T) if cfg.neurons > 1 else np.ones((1, 1))
+    off_diagonal = corr[~np.eye(cfg.neurons, dtype=bool)]
+    matrix = np.zeros((10, 10), dtype=np.int64)
+    np.add.at(matrix, (y_test, pred), 1)
+    summary = {
+        "device": device, "build": build, "config": asdict(cfg),
+        "train_images": int(total), "label_images": int(len(y_label)), "test_images": int(len(y_test)),
+        "accuracy": accuracy, "train_accuracy": train_accuracy,
+        "neurons_per_class": np.bincount(labels[labels >= 0], minlength=10).tolist(),
+        "silent_neurons": int(np.sum(labels < 0)),
+        "weights_changed": changed, "weights_changed_fraction": changed / w_learned.size,
+        "mean_field_correlation": float(np.nanmean(off_diagonal)),
+        "normalisations": normalisations, "silent_training_images": int(silent),
+        "test_spikes_per_image": float(test_counts.sum(axis=1).mean()),
+        "test_active_neurons_per_image": float((test_counts > 0).sum(axis=1).mean()),
+        "theta_mean": float(theta.mean()), "theta_max": int(theta.max()),
+        "train_wall_s": t_train, "eval_wall_s": t_eval, "total_wall_s": time.perf_counter() - t_start,
+        "counters": stats, "confusion": matrix.tolist(),
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    np.savez(out_dir / "weights.npz", initial=w_initial, learned=w_learned, labels=labels, theta=theta)
+    return summary
+
+
+def format_learn_summary(s):
+    c = s["config"]
+    return "\n".join([
+        f"device {s['device']} ({s['build']}): STDP + winner-take-all, {c['neurons']} learning neurons, "
+        f"{c['steps']} steps per image, {c['epochs']} epoch(s) over {s['train_images'] // c['epochs']} images",
+        f"test accuracy {s['accuracy']:.4f} on {s['test_images']} images "
+        f"(training-set accuracy {s['train_accuracy']:.4f}); neurons per class {s['neurons_per_class']}",
+        f"{s['weights_changed_fraction']:.1%} of the plastic weights changed; "
+        f"train {s['train_wall_s']:.1f} s, label+test {s['eval_wall_s']:.1f} s, total {s['total_wall_s']:.1f} s",
+    ])
+
+
+def quick_config(**changes):
+    """:data:`QUICK` with some fields changed."""
+    return replace(QUICK, **changes)
