@@ -134,9 +134,26 @@ def lfsr_draws(state, count):
         _lfsr_tables.extend((sequence, position))
     sequence, position = _lfsr_tables
     if count == 0:
-        return np.zeros(0, dtype=np.int64), state
+        return np.zeros(0, dtype=np.int64), int(state)
     draws = sequence[(position[state] + 1 + np.arange(count)) % _LFSR_PERIOD]
     return draws, int(draws[-1])
+
+
+def lfsr_at(states, lanes_of, offsets):
+    """Draw number ``offsets + 1`` after each lane's state: ``states`` per lane, ``lanes_of`` the
+    lane of each column of ``offsets`` (broadcast). Vectorised :func:`lfsr_draws`."""
+    lfsr_draws(1, 0)                                  # build the tables
+    sequence, position = _lfsr_tables
+    start = position[np.asarray(states, dtype=np.int64)][lanes_of]
+    return sequence[(start + 1 + offsets) % _LFSR_PERIOD]
+
+
+def lfsr_advance(states, steps):
+    """Each lane's state after `steps` (scalar or per lane) more draws, as a list of ints."""
+    lfsr_draws(1, 0)
+    sequence, position = _lfsr_tables
+    after = sequence[(position[np.asarray(states, dtype=np.int64)] + steps) % _LFSR_PERIOD]
+    return [int(x) for x in after]
 
 
 def lfsr_seed(seed, lane):
@@ -264,6 +281,7 @@ class ChipModel:
         self._pending = []          # events routed to the next step: (core, axon)
         self._inputs = {}           # step -> list of (core, axon) injected by the host
         self.counters = {c: 0 for c in Counter}
+        self._profile_cache = {}
 
     def _fresh_core(self):
         s = self.shape
@@ -599,10 +617,17 @@ class ChipModel:
         return out
 
     def _profile_arrays(self, s):
+        """Per-neuron parameter arrays from the profiles (cached until profiles or indices change)."""
+        key = (tuple(s.profiles), s.profile.tobytes())
+        cached = self._profile_cache.get(id(s))
+        if cached is not None and cached[0] == key:
+            return cached[1]
         fields = ("du", "dv", "threshold", "v_reset", "refractory", "theta_plus", "dtheta")
         table = {f: np.array([getattr(p, f) for p in s.profiles], dtype=np.int64) for f in fields}
         table["subtract"] = np.array([p.reset_mode is ResetMode.SUBTRACT for p in s.profiles])
-        return {f: column[s.profile] for f, column in table.items()}
+        arrays = {f: column[s.profile] for f, column in table.items()}
+        self._profile_cache[id(s)] = (key, arrays)
+        return arrays
 
     def _update(self, s):
         """Phase (2) for one core: returns the boolean spike vector."""
@@ -639,23 +664,31 @@ class ChipModel:
             magnitude = (np.abs(m) + (draws & mask)) >> c.shift
             return np.where(m < 0, -magnitude, magnitude)
 
+        lane_of = np.arange(n) % lanes
         rows = np.flatnonzero(s.pre_event & s.plastic)
         if rows.size:
-            for lane in range(lanes):
-                neurons = np.arange(lane, n, lanes)
-                draws, s.lfsr[lane] = lfsr_draws(s.lfsr[lane], rows.size * neurons.size)
-                dw = amounts(c.a_minus, s.post_trace[neurons][None, :], draws.reshape(rows.size, neurons.size))
-                block = s.weights[np.ix_(rows, neurons)]
-                s.weights[np.ix_(rows, neurons)] = np.clip(block - dw, c.w_min, c.w_max)
+            # lane p visits its neurons p, p + lanes, ... row after row, so neuron n's draw in
+            # the r-th depressed row is its lane's draw number r * (neurons / lanes) + n // lanes
+            per_row = n // lanes
+            offsets = np.arange(rows.size)[:, None] * per_row + (np.arange(n) // lanes)[None, :]
+            draws = lfsr_at(s.lfsr, lane_of, offsets)
+            s.lfsr = lfsr_advance(s.lfsr, rows.size * per_row)
+            dw = amounts(c.a_minus, s.post_trace[None, :], draws)
+            s.weights[rows] = np.clip(s.weights[rows] - dw, c.w_min, c.w_max)
         s.pre_trace = np.where(s.pre_event, np.minimum(s.pre_trace + c.pre_increment, TRACE_MAX), s.pre_trace)
         columns, axons = np.flatnonzero(fired), np.flatnonzero(s.plastic)
         if columns.size and axons.size:
-            for lane in range(lanes):
-                neurons = columns[columns % lanes == lane]
-                if not neurons.size:
-                    continue
-                draws, s.lfsr[lane] = lfsr_draws(s.lfsr[lane], neurons.size * axons.size)
-                dw = amounts(c.a_plus, s.pre_trace[axons][None, :], draws.reshape(neurons.size, axons.size))
-                block = s.weights[np.ix_(axons, neurons)]
-                s.weights[np.ix_(axons, neurons)] = np.clip(block + dw.T, c.w_min, c.w_max)
+            # a fired neuron's rank among the fired neurons of its lane fixes its block of draws
+            column_lanes = columns % lanes
+            rank = np.zeros(columns.size, dtype=np.int64)
+            per_lane = np.zeros(lanes, dtype=np.int64)
+            for i, lane in enumerate(column_lanes):
+                rank[i] = per_lane[lane]
+                per_lane[lane] += 1
+            offsets = (rank * axons.size)[None, :] + np.arange(axons.size)[:, None]
+            draws = lfsr_at(s.lfsr, column_lanes, offsets)
+            s.lfsr = lfsr_advance(s.lfsr, per_lane * axons.size)
+            dw = amounts(c.a_plus, s.pre_trace[axons][:, None], draws)
+            block = s.weights[np.ix_(axons, columns)]
+            s.weights[np.ix_(axons, columns)] = np.clip(block + dw, c.w_min, c.w_max)
         s.post_trace = np.where(fired, np.minimum(s.post_trace + c.post_increment, TRACE_MAX), s.post_trace)
