@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from neurofabric.hdl.link import FEATURE_LEARNING, IDENTIFY_REPLY_BYTES
 from neurofabric.hdl.protocol import (
     CORE_BITS,
     INDEX_BITS,
@@ -205,13 +206,20 @@ def _check_space(space):
     return space
 
 
-def _mem_header(space, core, addr, count, cores):
+def _check_mem_range(space, core, addr, count, cores):
+    """Validate a memory access of any length (it may span many frames); returns the space."""
     space = _check_space(space)
     _check_int("core", core, 0, cores - 1)
     _check_int("addr", addr, 0, ADDR_LIMIT - 1)
     if addr + count > ADDR_LIMIT:
         raise ValueError(f"addr + count = {addr + count} is out of range: the last word must be "
                          f"below 2**24 = {ADDR_LIMIT}")
+    return space
+
+
+def _mem_header(space, core, addr, count, cores):
+    """The header of one WRITE_MEMORY / READ_MEMORY frame (count fits one frame)."""
+    space = _check_mem_range(space, core, addr, count, cores)
     return (bytes([space.value, int(core)]) + int(count).to_bytes(2, "little")
             + int(addr).to_bytes(4, "little"))
 
@@ -262,17 +270,23 @@ def read_output_request(max_events=LINK_MAX_OUTPUT_EVENTS):
     return LinkCommand.READ_OUTPUT, int(max_events).to_bytes(2, "little")
 
 
-def parse_identify(payload, build=""):
-    """The IDENTIFY reply as a :class:`ChipInfo` (and the chip's maximum payload)."""
-    if len(payload) != LINK_IDENTIFY_BYTES:
-        raise LinkError(f"IDENTIFY reply has {len(payload)} bytes, expected {LINK_IDENTIFY_BYTES}")
-    fields = np.frombuffer(payload, dtype=[
+def parse_identify(payload, build=None):
+    """The IDENTIFY reply as a :class:`ChipInfo` (and the chip's maximum payload). The build
+    name is the chip's own unless `build` overrides it."""
+    if len(payload) != IDENTIFY_REPLY_BYTES:
+        raise LinkError(f"IDENTIFY reply has {len(payload)} bytes, expected {IDENTIFY_REPLY_BYTES}")
+    fields = np.frombuffer(payload[:LINK_IDENTIFY_BYTES], dtype=[
         ("version", "<u2"), ("cores", "<u2"), ("neurons", "<u4"), ("axons", "<u4"), ("lanes", "<u2"),
-        ("route_entries", "<u4"), ("input_queue", "<u2"), ("max_payload", "<u2"), ("reserved", "<u2")])[0]
+        ("route_entries", "<u4"), ("input_queue", "<u2"), ("max_payload", "<u2"), ("features", "<u2")])[0]
+    name = bytes(payload[LINK_IDENTIFY_BYTES:]).rstrip(b"\0")
+    if not (name.isascii() and name.decode("ascii").isprintable() and b"\0" not in name):
+        raise LinkError(f"IDENTIFY build name {name!r} is not printable ASCII")
     info = ChipInfo(version=int(fields["version"]), cores=int(fields["cores"]),
                     neurons=int(fields["neurons"]), axons=int(fields["axons"]),
                     lanes=int(fields["lanes"]), route_entries=int(fields["route_entries"]),
-                    input_queue=int(fields["input_queue"]), build=build)
+                    input_queue=int(fields["input_queue"]),
+                    build=name.decode("ascii") if build is None else build,
+                    learning=bool(int(fields["features"]) & FEATURE_LEARNING))
     return info, int(fields["max_payload"])
 
 
@@ -348,7 +362,7 @@ class LinkBackend(Backend):
     chip's step register is read once (run() counts steps from it).
     """
 
-    def __init__(self, transport, *, timeout=1.0, retries=10, build="link", poll_interval=0.0):
+    def __init__(self, transport, *, timeout=1.0, retries=10, build=None, poll_interval=0.0):
         self.transport = transport
         self.timeout = timeout
         self.retries = retries
@@ -415,7 +429,7 @@ class LinkBackend(Backend):
     def write(self, space, core, addr, words):
         space = _check_space(space)
         words = _check_words(words)
-        _mem_header(space, core, addr, len(words), self._cores)        # validates everything
+        _check_mem_range(space, core, addr, len(words), self._cores)   # validates everything first
         for start in range(0, len(words), LINK_MAX_WRITE_WORDS):
             chunk = words[start:start + LINK_MAX_WRITE_WORDS]
             self.command(*write_request(space, core, addr + start, chunk, cores=self._cores))
@@ -423,7 +437,7 @@ class LinkBackend(Backend):
     def read(self, space, core, addr, count):
         space = _check_space(space)
         _check_int("count", count, 0, ADDR_LIMIT)
-        _mem_header(space, core, addr, count, self._cores)
+        _check_mem_range(space, core, addr, count, self._cores)
         parts = [np.zeros(0, dtype=np.uint32)]
         for start in range(0, count, LINK_MAX_READ_WORDS):
             n = min(LINK_MAX_READ_WORDS, count - start)

@@ -11,7 +11,7 @@ from amaranth.lib.crc import catalog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from neurofabric.hdl.link import identify_payload
+from neurofabric.hdl.link import FEATURE_LEARNING, identify_payload
 from neurofabric.hdl.protocol import (
     LINK_MAX_INJECT_EVENTS,
     LINK_MAX_WRITE_WORDS,
@@ -147,6 +147,25 @@ def test_reply_parsers():
     assert info == ChipInfo(version=1, cores=3, neurons=512, axons=100, lanes=8, route_entries=2000,
                             input_queue=42, build="x")
     assert max_payload == 1024
+    # the build name and feature bits come from the chip unless the host overrides the name
+    payload = identify_payload(shape, 42, features=FEATURE_LEARNING, build_name="icebreaker-up5k")
+    assert len(payload) == 40
+    assert payload[22:24] == b"\x01\x00" and payload[24:] == b"icebreaker-up5k\0"
+    info, _ = parse_identify(payload)
+    assert info.build == "icebreaker-up5k" and info.learning
+    info, _ = parse_identify(identify_payload(shape, 42, build_name="a" * 16))
+    assert info.build == "a" * 16 and not info.learning
+    assert parse_identify(identify_payload(shape, 42, build_name=""))[0].build == ""
+    for bad, message in [("x" * 17, "has 17 bytes"), ("s\u00efm", "printable ASCII"), ("a\nb", "printable ASCII"),
+                         (b"sim", "must be a str")]:
+        with pytest.raises(ValueError, match=message):
+            identify_payload(shape, 42, build_name=bad)
+    with pytest.raises(ValueError, match="features = 65536"):
+        identify_payload(shape, 42, features=1 << 16)
+    with pytest.raises(LinkError, match="expected 40"):
+        parse_identify(payload[:24])
+    with pytest.raises(LinkError, match="not printable ASCII"):
+        parse_identify(payload[:24] + b"\xffbad".ljust(16, b"\0"))
     events = parse_events(((1 << 30) | (2 << 16) | 9).to_bytes(4, "little") + ((2 << 30) | 0xFFFF).to_bytes(4, "little"))
     assert [(e.kind, e.core, e.index) for e in events] == [(EventKind.SPIKE, 2, 9), (EventKind.STEP, 0, 0xFFFF)]
     words = np.array([0xFFFFFFFF, 5, 0x80000000], dtype=np.uint32)
@@ -288,3 +307,18 @@ def test_backend_checks_step_markers():
     link.answer["step"] = 7                             # the chip skips markers 2..6
     with pytest.raises(LinkError, match="STEP marker 7 out of order: expected 2"):
         backend.run(1)
+
+
+def test_link_backend_splits_writes_longer_than_a_frame_header_can_count():
+    """70,000 words (more than a 16-bit count) go out as many full frames, nothing overflows."""
+    from neurofabric.hdl.protocol import LINK_MAX_WRITE_WORDS, MemorySpace
+    from neurofabric.host.link import LinkBackend
+
+    sent = []
+    backend = LinkBackend.__new__(LinkBackend)
+    backend._cores = 1
+    backend.command = lambda command, payload: sent.append((command, payload)) or b""
+    backend.write(MemorySpace.WEIGHT, 0, 0, [1] * 70_000)
+    assert len(sent) == -(-70_000 // LINK_MAX_WRITE_WORDS)
+    counts = [int.from_bytes(payload[2:4], "little") for _, payload in sent]
+    assert sum(counts) == 70_000 and max(counts) == LINK_MAX_WRITE_WORDS
