@@ -1,11 +1,11 @@
-"""Smoke tests of the `neurofabric` command line (host/cli.py)."""
+"""Smoke tests of the `neurofabric` command line (neurofabric/cli.py: pkg/cli.py)."""
 
 import subprocess
 import sys
 
 import numpy as np
 
-from neurofabric.host.cli import main
+from neurofabric.cli import main
 
 
 def test_info(capsys):
@@ -47,7 +47,7 @@ def test_demo_on_the_model(tmp_path, capsys):
 
 
 def test_console_script_entry_point():
-    result = subprocess.run([sys.executable, "-m", "neurofabric.host.cli", "info"], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "neurofabric.cli", "info"], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "version" in result.stdout
@@ -59,3 +59,10 @@ def test_sim_server_delegates(capsys):
         main(["sim-server", "--help"])
     assert info.value.code == 0
     assert "sim device" in capsys.readouterr().out
+
+
+def test_boards_subcommands_pass_through(capsys):
+    assert main(["boards"]) == 0
+    assert "icebreaker" in capsys.readouterr().out
+    assert main(["build", "--board", "no-such-board"]) == 2
+    assert "no-such-board" in capsys.readouterr().err

@@ -7,7 +7,7 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 
-from neurofabric.host.cli import main
+from neurofabric.cli import main
 from neurofabric.host.learn_demo import (
     QUICK,
     LearnConfig,

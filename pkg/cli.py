@@ -7,6 +7,11 @@
 - ``neurofabric demo --learn [--quick] [--device D] [--out DIR]``: unsupervised STDP learning of
   the digits on the chip (host/learn_demo.py; device ``model`` by default).
 - ``neurofabric sim-server ...``: start the Verilator sim device (neurofabric.sim.device).
+- ``neurofabric build --board NAME [...]``, ``neurofabric program --board NAME``,
+  ``neurofabric boards``: bitstreams (neurofabric.boards.build).
+
+This module sits above the subpackages (it composes host, sim and boards), which is why it is
+``neurofabric.cli`` and not part of ``neurofabric.host``.
 
 Devices: ``model`` (the numpy model), ``sim`` (the Verilator sim device), ``serial://PORT``,
 ``socket://HOST:PORT``. Exit status 0 on success, 1 on a chip or validation error, 2 on usage.
@@ -108,17 +113,25 @@ def _demo(args):
     return 0
 
 
-def _sim_server(args, rest):
+#: Subcommands whose arguments pass through to another module's main(argv):
+#: name -> (module, leading arguments, help)
+PASS_THROUGH = {
+    "sim-server": ("neurofabric.sim.device", [], "start the Verilator sim device (--help for its options)"),
+    "build": ("neurofabric.boards.build", ["build"], "build a bitstream: build --board NAME [chip options]"),
+    "program": ("neurofabric.boards.build", ["program"], "program a board with openFPGALoader"),
+    "boards": ("neurofabric.boards.build", ["list"], "list the supported boards"),
+}
+
+
+def _pass_through(name, rest):
+    module_name, lead, _ = PASS_THROUGH[name]
+    import importlib
     try:
-        from neurofabric.sim import device
+        module = importlib.import_module(module_name)
     except ImportError as e:
-        print(f"neurofabric sim-server: the Verilator sim device (neurofabric.sim.device) is not available: {e}",
-              file=sys.stderr)
+        print(f"neurofabric {name}: {module_name} is not available: {e}", file=sys.stderr)
         return 1
-    if not hasattr(device, "main"):
-        print("neurofabric sim-server: neurofabric.sim.device has no main(argv) entry point", file=sys.stderr)
-        return 1
-    return device.main(rest) or 0
+    return module.main([*lead, *rest]) or 0
 
 
 def build_parser():
@@ -150,9 +163,8 @@ def build_parser():
     p.add_argument("--quick", action="store_true", help="with --learn: a small, fast configuration")
     p.set_defaults(func=_demo)
 
-    p = sub.add_parser("sim-server", help="start the Verilator sim device (arguments pass through)",
-                       add_help=False)
-    p.set_defaults(func=None)
+    for name, (_, _, help_text) in PASS_THROUGH.items():
+        sub.add_parser(name, help=help_text, add_help=False).set_defaults(func=None)
     return parser
 
 
@@ -160,8 +172,8 @@ def main(argv=None):
     from neurofabric.host.backend import BackendError
     from neurofabric.host.network import ValidationError
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["sim-server"]:
-        return _sim_server(None, argv[1:])
+    if argv[:1] and argv[0] in PASS_THROUGH:
+        return _pass_through(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
