@@ -94,16 +94,32 @@ def default_out_dir(board_name):
     return Path("build") / board_name
 
 
+#: Yosys commands run after reading the design, per family. Amaranth gives every memory an
+#: initial value (zeros for ``init=[]``) and Yosys maps no initialised memory to iCE40 SPRAM
+#: (which cannot be initialised): the cores' weight memories drop theirs, and are marked
+#: ``ram_style = "huge"`` so that ``-spram`` puts them in SPRAM even where block RAM would be
+#: cheaper by Yosys's measure (block RAM is the UP5K's scarce memory). Their contents are
+#: undefined at power-up until the host writes the weights.
+_AFTER_READ = {
+    "ice40": "delete t:$meminit_v2 r:MEMID=\\weight_mem %i\n"
+             "setattr -set ram_style \"huge\" m:weight_mem",
+}
+
+
 def _overrides(board):
     if board.family == "ice40":
         synth = "-dsp -spram"
     else:
         synth = ""
-    return dict(
+    overrides = dict(
         synth_opts=synth,
         script_after_synth="tee -q -o stat.json stat -json",
         nextpnr_opts="--report report.json --timing-allow-fail --seed 1",
     )
+    # only where needed: the other families' scripts (and so their cache keys) stay as they were
+    if board.family in _AFTER_READ:
+        overrides["script_after_read"] = _AFTER_READ[board.family]
+    return overrides
 
 
 def _plan(config, chip_factory=None):

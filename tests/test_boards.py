@@ -2,6 +2,7 @@
 full iCEBreaker build (synthesis, place and route, timing)."""
 
 import json
+import os
 import random
 import re
 from fractions import Fraction
@@ -337,6 +338,32 @@ def test_icebreaker_build_meets_timing(tmp_path):
     assert summary["timing_met"] is True and summary["uart_divisor"] == 6
     assert summary["utilisation"]["ICESTORM_PLL"]["used"] == 1
     assert 0 < summary["utilisation"]["ICESTORM_LC"]["used"] <= summary["utilisation"]["ICESTORM_LC"]["available"]
+
+
+@pytest.mark.synth
+def test_ice40_weights_map_to_spram(tmp_path):
+    """Yosys, as the iCE40 board build runs it (synth_ice40 -dsp -spram after the build's
+    script_after_read), puts the core's weight memory in SPRAM and its multipliers in DSPs; the
+    other memories stay in block RAM. (ECP5 builds get no such commands.)"""
+    import subprocess
+
+    from neurofabric.sim.toolchain import yowasp_env
+
+    _, plan = _prepare("icebreaker", neurons=16, axons=16, lanes=1)
+    assert "delete t:$meminit_v2 r:MEMID=\\weight_mem %i" in plan.files["top.ys"]
+    _, ecp5_plan = _prepare("ulx3s-85f")
+    assert "weight_mem" not in ecp5_plan.files["top.ys"] and "-spram" not in ecp5_plan.files["top.ys"]
+    plan.extract(str(tmp_path))
+    env = {**os.environ, **yowasp_env(("ice40",))}
+    subprocess.run([env["YOSYS"], "-q", "-l", "top.rpt", "top.ys"], cwd=tmp_path, env=env, check=True,
+                   stdout=subprocess.DEVNULL, timeout=600)
+    log = (tmp_path / "top.rpt").read_text()
+    mapped = dict(re.findall(r"mapping memory \S+\.(\w+) via (\S+)", log))
+    assert mapped["weight_mem"] == "$__ICE40_SPRAM_", mapped
+    assert mapped["neuron_mem"] == "$__ICE40_RAM4K_", mapped
+    cells = json.loads((tmp_path / "stat.json").read_text())["design"]["num_cells_by_type"]
+    # 256 words of 8 bits: one SPRAM (16 k x 16); the sweep's decay multipliers are SB_MAC16s
+    assert cells.get("SB_SPRAM256KA") == 1 and cells.get("SB_MAC16", 0) >= 1, cells
 
 
 def test_timing_failure_is_reported(monkeypatch, tmp_path, capsys):
