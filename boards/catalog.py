@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 from neurofabric.boards.pll import PllError, ecp5_pll, ice40_pll, xilinx7_pll
-from neurofabric.host.model import ChipShape
+from neurofabric.hdl.protocol import ChipShape
 
 __all__ = ["Board", "BuildConfig", "BoardConfigError", "BOARDS", "get_board", "check_config",
            "LED_ROLES", "BAUD_TOLERANCE"]

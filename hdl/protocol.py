@@ -7,6 +7,8 @@ amaranth's `data`/`enum`, no elaboration), so a field that changes here changes 
 See docs/semantics.md for what the numbers mean and docs/protocol.md for the host link.
 """
 
+from dataclasses import dataclass
+
 from amaranth.lib import data, enum
 
 __all__ = [
@@ -14,7 +16,7 @@ __all__ = [
     "PROFILE_COUNT", "PROFILE_BITS", "WEIGHT_EXP_MAX", "TRACE_BITS", "STDP_SHIFT_MAX",
     "LFSR_BITS", "LFSR_TAPS", "INDEX_BITS", "CORE_BITS", "CHIP_BITS",
     "EventKind", "Event", "RouteKind", "RouteEntry", "RoutePointer",
-    "ResetMode", "signed_range", "unsigned_range",
+    "ResetMode", "signed_range", "unsigned_range", "ParameterError", "ChipShape",
     "MemorySpace", "ProfileField", "StateField", "CoreRegister", "StdpField", "MemRequest",
     "Counter", "ChipRegister", "InputEvent",
 ]
@@ -48,6 +50,40 @@ def signed_range(bits):
 def unsigned_range(bits):
     """The inclusive range of a `bits`-wide unsigned number."""
     return 0, (1 << bits) - 1
+
+
+class ParameterError(ValueError):
+    """A parameter outside its allowed range; the message names the field, value and range."""
+
+
+def check_parameter(name, value, lo, hi):
+    """`value` as an int if it is an integer in [lo, hi], else :class:`ParameterError`."""
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise ParameterError(f"{name} must be an integer in [{lo}, {hi}], not {value!r}")
+    if not lo <= int(value) <= hi:
+        raise ParameterError(f"{name} = {int(value)} is out of range: allowed [{lo}, {hi}]")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class ChipShape:
+    """The build-time shape of a chip: `cores` cores of `neurons` neurons and `axons` axons,
+    integrating `lanes` weights per cycle, with `route_entries` route table entries. Shared by
+    the gateware (hdl.chip), the model, the host library, the sim device and the boards."""
+    cores: int = 1
+    neurons: int = 256
+    axons: int = 256
+    lanes: int = 8
+    route_entries: int = 1024
+
+    def __post_init__(self):
+        check_parameter("cores", self.cores, 1, 255)
+        check_parameter("neurons", self.neurons, 1, 1 << 16)
+        check_parameter("axons", self.axons, 1, 1 << 16)
+        check_parameter("lanes", self.lanes, 1, 64)
+        check_parameter("route_entries", self.route_entries, 1, 1 << 16)
+        if self.neurons % self.lanes:
+            raise ParameterError(f"lanes = {self.lanes} must divide neurons = {self.neurons}")
 
 
 class ResetMode(enum.Enum, shape=1):

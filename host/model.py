@@ -35,9 +35,11 @@ from neurofabric.hdl.protocol import (
     WEIGHT_BITS,
     WEIGHT_EXP_MAX,
     ChipRegister,
+    ChipShape,
     CoreRegister,
     Counter,
     MemorySpace,
+    ParameterError,
     ProfileField,
     ResetMode,
     RouteKind,
@@ -62,7 +64,7 @@ SATURATION_FREE_EVENTS = ACC_MAX // -WEIGHT_MIN
 WORD_MASK = (1 << 32) - 1
 
 
-class ModelError(ValueError):
+class ModelError(ParameterError):
     """A parameter or command the chip would reject: names the field, value and allowed range."""
 
 
@@ -163,26 +165,6 @@ def lfsr_seed(seed, lane):
 
 
 @dataclass(frozen=True)
-class ChipShape:
-    """The build-time shape of a chip: `cores` cores of `neurons` neurons and `axons` axons,
-    integrating `lanes` weights per cycle."""
-    cores: int = 1
-    neurons: int = 256
-    axons: int = 256
-    lanes: int = 8
-    route_entries: int = 1024
-
-    def __post_init__(self):
-        check_int("cores", self.cores, 1, 255)
-        check_int("neurons", self.neurons, 1, 1 << 16)
-        check_int("axons", self.axons, 1, 1 << 16)
-        check_int("lanes", self.lanes, 1, 64)
-        check_int("route_entries", self.route_entries, 1, 1 << 16)
-        if self.neurons % self.lanes:
-            raise ModelError(f"lanes = {self.lanes} must divide neurons = {self.neurons}")
-
-
-@dataclass(frozen=True)
 class NeuronProfile:
     """Parameters shared by the neurons that select this profile (docs/semantics.md)."""
     du: int = 0                 #: current decay, fraction of 4096 per step: 0 (none) .. 4096 (full)
@@ -265,7 +247,8 @@ class ChipModel:
     """The chip, step by step. Construct with a :class:`ChipShape`; configure with the setters;
     inject events; :meth:`run` steps and returns the spikes sent to the host."""
 
-    def __init__(self, shape=ChipShape()):
+    def __init__(self, shape=None):
+        shape = ChipShape() if shape is None else shape
         if not isinstance(shape, ChipShape):
             raise ModelError(f"shape must be a ChipShape, not {shape!r}")
         self.shape = shape

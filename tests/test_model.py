@@ -233,7 +233,7 @@ def test_stdp_weight_bounds():
     (lambda: ChipShape(cores=0), "cores"),
 ])
 def test_invalid_parameters_name_the_field(call, field):
-    with pytest.raises(ModelError, match=field):
+    with pytest.raises(ValueError, match=field):
         call()
 
 
