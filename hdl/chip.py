@@ -20,6 +20,14 @@ steps (the controller holds the next step back until they are done), so a host m
 reading ``out`` while it waits for a response. Requests naming a core that does not exist, a
 write to a read-only register, or an unknown register answer :data:`MEM_REFUSED` for writes
 and 0 for reads.
+
+Learning (``learning=True``, docs/learning_hw.md): every core gets the chip registers
+``ChipRegister.LEARNING`` (its ``learn`` input) and ``ChipRegister.REWARD`` (its ``reward``
+input). ``MemorySpace.STDP`` address ``StdpField.REWARD`` of any existing core is that same
+chip register, as in ``ChipModel``: it is read and written here, never forwarded. Writes of
+LEARNING (0 or 1) and REWARD (a sign-extended 8-bit word) wait, like core requests, until the
+chip is between steps, so a step always learns with one reward; a word out of range answers
+:data:`MEM_REFUSED` and changes nothing.
 """
 
 from amaranth.hdl import Array, Cat, Module, Mux, Signal
@@ -28,7 +36,15 @@ from amaranth.lib.wiring import In, Out
 
 from neurofabric.hdl.controller import StepController
 from neurofabric.hdl.pipeline import SkidBuffer
-from neurofabric.hdl.protocol import ChipRegister, Counter, Event, InputEvent, MemorySpace, MemRequest
+from neurofabric.hdl.protocol import (
+    ChipRegister,
+    Counter,
+    Event,
+    InputEvent,
+    MemorySpace,
+    MemRequest,
+    StdpField,
+)
 from neurofabric.hdl.router import MEM_OK, MEM_REFUSED, Router
 
 __all__ = ["Chip", "MEM_OK", "MEM_REFUSED"]
@@ -37,27 +53,42 @@ __all__ = ["Chip", "MEM_OK", "MEM_REFUSED"]
 class Chip(wiring.Component):
     """`shape.cores` neuron cores joined by the router, sequenced by the step controller.
 
-    `core_factory(index)` builds core `index` (default: ``NeuronCore(neurons, axons, lanes)``
-    from :mod:`neurofabric.hdl.core`); any component with the core's ports works.
+    `core_factory(index)` builds core `index` (default: ``NeuronCore(neurons, axons, lanes,
+    learning=learning)`` from :mod:`neurofabric.hdl.core`); any component with the core's ports
+    works. With ``learning=True`` every core must have the ``learn`` and ``reward`` inputs of a
+    learning ``NeuronCore``; they are driven from the chip registers.
     `input_queue_depth` input events can wait ahead of the running step. FIFO depths of the
     router and `route_init` = (pointer_init, entry_init) are passed through to the router.
     """
 
     def __init__(self, shape, *, core_factory=None, input_queue_depth=64, spike_fifo_depth=4,
-                 axon_fifo_depth=8, host_fifo_depth=8, route_init=None):
+                 axon_fifo_depth=8, host_fifo_depth=8, route_init=None, learning=False):
+        if not isinstance(learning, bool):
+            self._MustUse__silence = True       # a rejected configuration is not an unused design
+            raise ValueError(f"learning must be True or False, not {learning!r}")
         self.shape = shape
+        self.learning = learning
         self.core_factory = core_factory
         self.input_queue_depth = input_queue_depth
         self.router_depths = dict(spike_fifo_depth=spike_fifo_depth, axon_fifo_depth=axon_fifo_depth,
                                   host_fifo_depth=host_fifo_depth)
+        if core_factory is None:
+            from neurofabric.hdl.core import NeuronCore  # noqa: PLC0415
+            core_factory = lambda index: NeuronCore(shape.neurons, shape.axons, shape.lanes,  # noqa: E731
+                                                    learning=learning)
+        self.cores = [core_factory(index) for index in range(shape.cores)]
+        if learning:
+            for index, core in enumerate(self.cores):
+                members = core.signature.members
+                if "learn" not in members or "reward" not in members:
+                    for part in [self, *self.cores]:
+                        part._MustUse__silence = True
+                    raise ValueError(f"learning=True needs cores with learn and reward inputs; "
+                                     f"core {index} ({type(core).__name__}) has none")
         # build the parts now so bad parameters fail at construction
         pointer_init, entry_init = route_init or ((), ())
         self.router = Router(shape, **self.router_depths, pointer_init=pointer_init, entry_init=entry_init)
         self.controller = StepController(cores=shape.cores, axons=shape.axons, queue_depth=input_queue_depth)
-        if core_factory is None:
-            from neurofabric.hdl.core import NeuronCore  # noqa: PLC0415
-            core_factory = lambda index: NeuronCore(shape.neurons, shape.axons, shape.lanes)  # noqa: E731
-        self.cores = [core_factory(index) for index in range(shape.cores)]
         self._deliver_slice = SkidBuffer(InputEvent)
         super().__init__({
             "mem": In(stream.Signature(MemRequest)),
@@ -152,13 +183,18 @@ class Chip(wiring.Component):
         # --- chip registers --------------------------------------------------------------------
         learning = Signal(init=1)
         reward = Signal(8, init=1)
+        if self.learning:
+            for core in cores:
+                m.d.comb += [core.learn.eq(learning), core.reward.eq(reward.as_signed())]
 
         # --- memory requests ---------------------------------------------------------------------
         request = Signal(MemRequest)
         resp_data = Signal(32)
         is_router = (request.mem == MemorySpace.ROUTE_POINTER) | (request.mem == MemorySpace.ROUTE_ENTRY)
-        is_local = (request.mem == MemorySpace.COUNTER) | (request.mem == MemorySpace.CHIP)
         core_exists = request.core < shape.cores
+        # STDP REWARD of any core is the chip's REWARD register (as in ChipModel)
+        is_stdp_reward = (request.mem == MemorySpace.STDP) & (request.addr == StdpField.REWARD) & core_exists
+        is_local = (request.mem == MemorySpace.COUNTER) | (request.mem == MemorySpace.CHIP) | is_stdp_reward
         core_forward = Signal()         # offer `request` to core `request.core`
         core_forward_ready = Signal()
         core_relay = Signal()           # pass that core's response on
@@ -192,11 +228,14 @@ class Chip(wiring.Component):
                         m.d.comb += local_read.eq(learning)
                     with m.Case(ChipRegister.REWARD):
                         m.d.comb += local_read.eq(reward.as_signed())
+            with m.Case(MemorySpace.STDP):
+                m.d.comb += local_read.eq(reward.as_signed())
         # writable registers and the words they take (as ChipModel.write_words checks them)
-        learning_ok = (request.addr == ChipRegister.LEARNING) & (request.data[1:] == 0)
-        reward_ok = (request.addr == ChipRegister.REWARD) & (
-            (request.data[7:] == 0) | (request.data[7:] == (1 << 25) - 1))
-        writable = (request.mem == MemorySpace.CHIP) & (learning_ok | reward_ok)
+        is_chip = request.mem == MemorySpace.CHIP
+        reward_word_ok = (request.data[7:] == 0) | (request.data[7:] == (1 << 25) - 1)
+        learning_ok = is_chip & (request.addr == ChipRegister.LEARNING) & (request.data[1:] == 0)
+        reward_ok = ((is_chip & (request.addr == ChipRegister.REWARD)) | is_stdp_reward) & reward_word_ok
+        writable = learning_ok | reward_ok
 
         with m.FSM():
             with m.State("IDLE"):
@@ -206,19 +245,27 @@ class Chip(wiring.Component):
                     m.next = "DECODE"
             with m.State("DECODE"):
                 with m.If(is_local):
-                    with m.If(request.write):
-                        with m.If(writable & learning_ok):
-                            m.d.sync += learning.eq(request.data[0])
-                        with m.If(writable & reward_ok):
-                            m.d.sync += reward.eq(request.data[:8])
-                        m.d.sync += resp_data.eq(Mux(writable, MEM_OK, MEM_REFUSED))
+                    with m.If(request.write & writable):
+                        m.next = "WAIT_REST_LOCAL"
+                    with m.Elif(request.write):
+                        m.d.sync += resp_data.eq(MEM_REFUSED)
+                        m.next = "RESPOND"
                     with m.Else():
                         m.d.sync += resp_data.eq(local_read)
-                    m.next = "RESPOND"
+                        m.next = "RESPOND"
                 with m.Elif(is_router | core_exists):
                     m.next = "WAIT_REST"
                 with m.Else():
                     m.d.sync += resp_data.eq(Mux(request.write, MEM_REFUSED, 0))
+                    m.next = "RESPOND"
+            with m.State("WAIT_REST_LOCAL"):    # register writes land between steps
+                m.d.comb += controller.hold.eq(1)
+                with m.If(controller.resting):
+                    with m.If(learning_ok):
+                        m.d.sync += learning.eq(request.data[0])
+                    with m.If(reward_ok):
+                        m.d.sync += reward.eq(request.data[:8])
+                    m.d.sync += resp_data.eq(MEM_OK)
                     m.next = "RESPOND"
             with m.State("WAIT_REST"):
                 m.d.comb += controller.hold.eq(1)

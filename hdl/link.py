@@ -36,6 +36,7 @@ from amaranth.lib.wiring import In, Out
 from neurofabric.hdl.protocol import (
     LINK_CRC_BYTES,
     LINK_HEADER_BYTES,
+    LINK_IDENTIFY_BYTES,
     LINK_INPUT_EVENT_BYTES,
     LINK_MAX_OUTPUT_EVENTS,
     LINK_MAX_PAYLOAD,
@@ -51,7 +52,8 @@ from neurofabric.hdl.protocol import (
     MemRequest,
 )
 
-__all__ = ["HostLink", "identify_payload"]
+__all__ = ["HostLink", "identify_payload", "check_build_name", "FEATURE_LEARNING",
+           "IDENTIFY_BUILD_NAME_BYTES", "IDENTIFY_REPLY_BYTES"]
 
 #: decoded bytes the receive buffer holds: seq, command, the largest payload, CRC
 RX_BUFFER_BYTES = LINK_HEADER_BYTES + LINK_MAX_PAYLOAD + LINK_CRC_BYTES
@@ -63,14 +65,39 @@ REPLY_BUFFER_BYTES = NAK_BASE + MIN_FRAME_BYTES
 HEADER_CAPTURE = LINK_HEADER_BYTES + LINK_MEM_HEADER_BYTES
 
 
-def identify_payload(shape, input_queue):
-    """The IDENTIFY reply payload for a chip of `shape` (docs/protocol.md)."""
+#: IDENTIFY ``features`` bit: the cores learn on chip (``NeuronCore(learning=True)``)
+FEATURE_LEARNING = 1 << 0
+#: IDENTIFY ends with the build name, ASCII, NUL-padded to this many bytes
+IDENTIFY_BUILD_NAME_BYTES = 16
+#: the IDENTIFY reply payload: the 24 bytes of ``LINK_IDENTIFY_BYTES`` (its last u16 is
+#: ``features``), then the build name
+IDENTIFY_REPLY_BYTES = LINK_IDENTIFY_BYTES + IDENTIFY_BUILD_NAME_BYTES
+
+
+def check_build_name(build_name):
+    """Return `build_name` if it is printable ASCII of at most 16 bytes; raise ValueError."""
+    if not isinstance(build_name, str):
+        raise ValueError(f"build_name must be a str, not {build_name!r}")
+    if not (build_name.isascii() and build_name.isprintable()):
+        raise ValueError(f"build_name = {build_name!r} must be printable ASCII")
+    if len(build_name) > IDENTIFY_BUILD_NAME_BYTES:
+        raise ValueError(f"build_name = {build_name!r} has {len(build_name)} bytes: "
+                         f"allowed [0, {IDENTIFY_BUILD_NAME_BYTES}]")
+    return build_name
+
+
+def identify_payload(shape, input_queue, *, features=0, build_name="sim"):
+    """The IDENTIFY reply payload for a chip of `shape` (docs/protocol.md): `features` is a
+    bitmask (:data:`FEATURE_LEARNING`), `build_name` names the build (<= 16 ASCII bytes)."""
+    if not isinstance(features, int) or not 0 <= features <= 0xFFFF:
+        raise ValueError(f"features = {features!r} is out of range: allowed [0, 65535]")
+    name = check_build_name(build_name).encode("ascii").ljust(IDENTIFY_BUILD_NAME_BYTES, b"\0")
     fields = [
         (LINK_VERSION, 2), (shape.cores, 2), (shape.neurons, 4), (shape.axons, 4),
         (shape.lanes, 2), (shape.route_entries, 4), (input_queue, 2), (LINK_MAX_PAYLOAD, 2),
-        (0, 2),
+        (features, 2),
     ]
-    return b"".join(value.to_bytes(size, "little") for value, size in fields)
+    return b"".join(value.to_bytes(size, "little") for value, size in fields) + name
 
 
 class HostLink(wiring.Component):
@@ -84,13 +111,17 @@ class HostLink(wiring.Component):
         Input events the chip buffers ahead of the running step (reported by IDENTIFY).
     rx_timeout : int
         Cycles without a byte after which a half-received frame is discarded.
+    features : int
+        IDENTIFY feature bits (:data:`FEATURE_LEARNING`).
+    build_name : str
+        The build's name reported by IDENTIFY (printable ASCII, at most 16 bytes).
 
     Ports: ``rx``/``tx`` byte streams to the host; ``mem``, ``mem_resp``, ``inject``, ``run``,
     ``out``, ``running`` to the chip (see ``neurofabric.hdl.top``); ``idle`` is high while the
     link waits for bytes (nothing to execute or send; only the receive watchdog counts).
     """
 
-    def __init__(self, shape, *, input_queue=0, rx_timeout=1_000_000):
+    def __init__(self, shape, *, input_queue=0, rx_timeout=1_000_000, features=0, build_name="sim"):
         if not isinstance(input_queue, int) or not 0 <= input_queue <= 0xFFFF:
             raise ValueError(f"input_queue = {input_queue!r} is out of range: allowed [0, 65535]")
         if not isinstance(rx_timeout, int) or not 1 <= rx_timeout <= (1 << 32) - 1:
@@ -98,6 +129,7 @@ class HostLink(wiring.Component):
         self.shape = shape
         self.input_queue = input_queue
         self.rx_timeout = rx_timeout
+        self.identify_reply = identify_payload(shape, input_queue, features=features, build_name=build_name)
         super().__init__({
             "rx": In(stream.Signature(8)),
             "tx": Out(stream.Signature(8)),
@@ -198,7 +230,7 @@ class HostLink(wiring.Component):
         scan_zero = Signal()
         scan_end = Signal()
 
-        identify_bytes = Array(Const(b, 8) for b in identify_payload(shape, self.input_queue))
+        identify_bytes = Array(Const(b, 8) for b in self.identify_reply)
 
         def reply_byte(value, first=False):
             """Append `value` to the reply being built (and to its CRC)."""

@@ -8,16 +8,16 @@ from amaranth.hdl import Module
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from neurofabric.hdl.link import HostLink
+from neurofabric.hdl.link import FEATURE_LEARNING, HostLink, check_build_name
 from neurofabric.hdl.uart import UARTReceiver, UARTTransmitter
 
 __all__ = ["LinkedChip", "UartLinkedChip", "default_chip_factory"]
 
 
-def default_chip_factory(shape):
-    """The real chip (``neurofabric.hdl.chip.Chip``)."""
+def default_chip_factory(shape, learning=False):
+    """The real chip (``neurofabric.hdl.chip.Chip``), with learning cores if `learning`."""
     from neurofabric.hdl.chip import Chip
-    return Chip(shape)
+    return Chip(shape, learning=learning)
 
 
 class LinkedChip(wiring.Component):
@@ -26,7 +26,9 @@ class LinkedChip(wiring.Component):
     Ports: ``rx`` (host -> chip bytes), ``tx`` (chip -> host bytes), ``idle`` (the link waits for
     bytes and the chip is not running: nothing changes until a byte arrives, so a simulator may
     stop clocking), ``step`` (the chip's current step). ``input_queue`` is reported by IDENTIFY;
-    by default it is the chip's ``input_queue_depth`` attribute if it has one, else 0.
+    by default it is the chip's ``input_queue_depth`` attribute if it has one, else 0. IDENTIFY
+    also reports :data:`~neurofabric.hdl.link.FEATURE_LEARNING` when the chip's ``learning``
+    attribute is true, and `build_name` (printable ASCII, at most 16 bytes: "sim", a board name).
     """
 
     rx: In(stream.Signature(8))
@@ -34,12 +36,20 @@ class LinkedChip(wiring.Component):
     idle: Out(1)
     step: Out(32)
 
-    def __init__(self, shape, *, chip_factory=default_chip_factory, input_queue=None, rx_timeout=1_000_000):
+    def __init__(self, shape, *, chip_factory=default_chip_factory, input_queue=None, rx_timeout=1_000_000,
+                 build_name="sim"):
+        try:
+            check_build_name(build_name)
+        except ValueError:
+            self._MustUse__silence = True       # a rejected configuration is not an unused design
+            raise
         self.shape = shape
         self.chip = chip_factory(shape)
         if input_queue is None:
             input_queue = getattr(self.chip, "input_queue_depth", 0)
-        self.link = HostLink(shape, input_queue=input_queue, rx_timeout=rx_timeout)
+        features = FEATURE_LEARNING if getattr(self.chip, "learning", False) is True else 0
+        self.link = HostLink(shape, input_queue=input_queue, rx_timeout=rx_timeout, features=features,
+                             build_name=build_name)
         super().__init__()
 
     def elaborate(self, platform):
@@ -65,7 +75,8 @@ class UartLinkedChip(wiring.Component):
     """A :class:`LinkedChip` behind an 8N1 UART with clock divisor `divisor` (clock / baud).
 
     Ports: ``uart_rx`` (input pin, idle high), ``uart_tx`` (output pin), ``rx_errors`` (count of
-    bytes dropped for a bad stop bit or an overrun).
+    bytes dropped for a bad stop bit or an overrun). `kwargs` go to :class:`LinkedChip`
+    (``chip_factory``, ``input_queue``, ``rx_timeout``, ``build_name``).
     """
 
     uart_rx: In(1, init=1)

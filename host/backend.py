@@ -30,6 +30,7 @@ class ChipInfo:
     route_entries: int
     input_queue: int            #: input events the chip can hold ahead of the running step
     build: str = ""             #: which build this is: "model", "sim", or a board name
+    learning: bool = False      #: the cores learn on chip (STDP, ChipRegister.LEARNING/REWARD)
 
 
 class Backend(ABC):

@@ -508,7 +508,7 @@ def open_backend(device="model", **options):
             raise DeviceUnavailable(f"the Verilator sim device could not be started: {e}; "
                                     "use device 'model'") from e
         try:
-            link = LinkBackend(SerialTransport(sim_device.url), build="sim", **link_options)
+            link = LinkBackend(SerialTransport(sim_device.url), **link_options)
         except BaseException:
             sim_device.close()
             raise

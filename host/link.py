@@ -359,7 +359,9 @@ class LinkBackend(Backend):
     never executes twice. After ``retries`` resends :class:`LinkError` is raised. Any other NAK
     raises :class:`LinkNak`. On open, two RESETs (with different sequence numbers) clear the
     chip's replay state, IDENTIFY reads the chip's shape (used to validate arguments) and the
-    chip's step register is read once (run() counts steps from it).
+    chip's step register is read once (run() counts steps from it). ``identify().build`` and
+    ``.learning`` are what the chip reports (its build name and ``FEATURE_LEARNING`` bit);
+    `build`, if given, replaces the reported name.
     """
 
     def __init__(self, transport, *, timeout=1.0, retries=10, build=None, poll_interval=0.0):

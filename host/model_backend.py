@@ -40,7 +40,8 @@ class ModelBackend(Backend):
         self._check_open()
         s = self.model.shape
         return ChipInfo(version=MODEL_VERSION, cores=s.cores, neurons=s.neurons, axons=s.axons,
-                        lanes=s.lanes, route_entries=s.route_entries, input_queue=1 << 20, build="model")
+                        lanes=s.lanes, route_entries=s.route_entries, input_queue=1 << 20, build="model",
+                        learning=True)
 
     def write(self, space, core, addr, words):
         self._check_open()

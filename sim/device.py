@@ -9,8 +9,12 @@
 - :class:`PysimTransport`: the same byte stream against the Amaranth simulator, in-process
   (slow, but needs no C++ build; the tests of the link use it).
 
-``python -m neurofabric.sim.device [--chip loopback|chip] [--cores N ...]`` runs a sim device
-standalone; it prints ``port N`` (connect to ``socket://127.0.0.1:N``).
+The default ``chip="chip"`` is the real chip with learning cores (``Chip(learning=True)``, so the
+host's learning API works on "sim"); ``chip="chip:inference"`` leaves the learning logic out
+and simulates about 1.75x faster (a 2-core, 16-neuron chip: 330 vs 185 steps/s through the
+host ``Chip`` API). ``python -m neurofabric.sim.device [--chip loopback|chip|chip:inference]
+[--cores N ...]`` runs a sim device standalone; it prints ``port N`` (connect to
+``socket://127.0.0.1:N``).
 """
 
 import argparse
@@ -41,16 +45,19 @@ def loopback_factory(shape, input_queue_depth=16):
 
 
 def _chip_factory(name):
-    """'chip' (the real chip), 'loopback' or 'loopback:DEPTH' (LoopbackChip, queue depth)."""
-    if name == "chip":
+    """'chip' (the real chip with learning cores), 'chip:inference' (the real chip without the
+    learning logic), 'loopback' or 'loopback:DEPTH' (LoopbackChip, queue depth)."""
+    if name in ("chip", "chip:inference"):
         from neurofabric.hdl.top import default_chip_factory
-        return default_chip_factory
+        learning = name == "chip"
+        return lambda shape: default_chip_factory(shape, learning=learning)
     if isinstance(name, str) and name.startswith("loopback"):
         depth = name.partition(":")[2]
         if depth and not depth.isdigit():
             raise ValueError(f"chip = {name!r}: the loopback queue depth must be an integer")
         return lambda shape: loopback_factory(shape, int(depth or 16))
-    raise ValueError(f"chip = {name!r} is not known: allowed 'chip', 'loopback', 'loopback:DEPTH'")
+    raise ValueError(f"chip = {name!r} is not known: allowed 'chip', 'chip:inference', 'loopback', "
+                     "'loopback:DEPTH'")
 
 
 # --- Amaranth-simulator transport --------------------------------------------------------------
@@ -202,7 +209,7 @@ class SimDevice:
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m neurofabric.sim.device",
                                      description="Run the Verilator sim device of a chip; print its URL.")
-    parser.add_argument("--chip", default="chip", help="'chip', 'loopback' or 'loopback:DEPTH'")
+    parser.add_argument("--chip", default="chip", help="'chip' (learning), 'chip:inference', 'loopback' or 'loopback:DEPTH'")
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--neurons", type=int, default=64)
     parser.add_argument("--axons", type=int, default=64)

@@ -28,6 +28,7 @@ from neurofabric.hdl.protocol import (
     MemorySpace,
     ProfileField,
     RouteKind,
+    StdpField,
 )
 from neurofabric.host.model import ChipModel, ChipShape
 
@@ -237,6 +238,143 @@ async def chip_network_against_model(dut):
               "host_spikes": host_spikes, "routed_events": routed, "spikes": model.counters[Counter.SPIKES],
               "input_events": model.counters[Counter.INPUT_EVENTS],
               "output_stalls": counters[Counter.OUTPUT_STALLS]}
+    dut._log.info(f"report {report}")
+    if os.environ.get("NF_REPORT"):
+        with open(os.environ["NF_REPORT"], "w") as f:
+            json.dump(report, f)
+
+
+# --- learning -----------------------------------------------------------------------------------
+def learning_words(shape, rng):
+    """Writes that turn on STDP in every core: random STDP configuration and seed, a random
+    plastic-axon mask (at least one plastic axon per core), random starting traces, core
+    learning on (mixed with the network of :func:`network_words`)."""
+    writes = []
+    for c in range(shape.cores):
+        fields = {
+            StdpField.PRE_INCREMENT: rng.randint(0, 200), StdpField.POST_INCREMENT: rng.randint(0, 200),
+            StdpField.PRE_DECAY: rng.choice([0, 512, 2000, DECAY_ONE]),
+            StdpField.POST_DECAY: rng.choice([0, 700, 3000, DECAY_ONE]),
+            StdpField.A_PLUS: rng.randint(0, 255), StdpField.A_MINUS: rng.randint(0, 255),
+            StdpField.SHIFT: rng.randint(0, 12), StdpField.W_MIN: rng.randint(-128, -20),
+            StdpField.W_MAX: rng.randint(60, 127), StdpField.SEED: rng.randint(1, 0xFFFF),
+        }
+        for field, value in fields.items():
+            writes.append((MemorySpace.STDP, c, field.value, value))
+        plastic = [rng.random() < 0.7 for _ in range(shape.axons)]
+        plastic[rng.randrange(shape.axons)] = True
+        for a, on in enumerate(plastic):
+            writes.append((MemorySpace.PLASTIC, c, a, int(on)))
+        for addr in range(shape.axons + shape.neurons):
+            writes.append((MemorySpace.TRACE, c, addr, rng.choice([0, rng.randint(0, 255)])))
+        writes.append((MemorySpace.CORE, c, CoreRegister.LEARNING.value, 1))
+    return writes
+
+
+def learning_schedule(steps, rng):
+    """Chunks of steps and the register writes before each: reward changes (through
+    ChipRegister.REWARD and through STDP REWARD of a random core, extremes included) and the
+    chip-wide learning switch turned off (always for the second chunk) and on again."""
+    schedule, t = [], 0
+    while t < steps:
+        chunk = min(steps - t, rng.randint(1, 8))
+        writes = []
+        roll = rng.random()
+        reward = rng.choice([-128, 127, 0, 1, -1, rng.randint(-128, 127)])
+        if roll < 0.4:
+            writes.append((MemorySpace.CHIP, 0, ChipRegister.REWARD.value, reward))
+        elif roll < 0.8:
+            writes.append((MemorySpace.STDP, "any", StdpField.REWARD.value, reward))
+        if len(schedule) in (1, 2):            # the second chunk never learns, the third does
+            writes.append((MemorySpace.CHIP, 0, ChipRegister.LEARNING.value, len(schedule) - 1))
+        elif t > 0 and rng.random() < 0.2:
+            writes.append((MemorySpace.CHIP, 0, ChipRegister.LEARNING.value, rng.randrange(2)))
+        schedule.append((t, chunk, writes))
+        t += chunk
+    return schedule
+
+
+def learning_state(model, shape, core):
+    """The learned state of `core` as read through memory: weights, traces, neuron state."""
+    return {
+        MemorySpace.WEIGHT: model.read_words(MemorySpace.WEIGHT, core, 0, shape.axons * shape.neurons),
+        MemorySpace.TRACE: model.read_words(MemorySpace.TRACE, core, 0, shape.axons + shape.neurons),
+        MemorySpace.STATE: model.read_words(MemorySpace.STATE, core, 0, 4 * shape.neurons),
+    }
+
+
+@cocotb.test()
+async def chip_learning_against_model(dut):
+    """A learning network (every core plastic, recurrent routes) with reward changes between
+    chunks: every step's host spikes, then weights, traces and neuron state equal ChipModel's."""
+    cores, neurons, axons, lanes, route_entries = map(int, os.environ["NF_SHAPE"].split(","))
+    shape = ChipShape(cores=cores, neurons=neurons, axons=axons, lanes=lanes, route_entries=route_entries)
+    seed, steps = int(os.environ["NF_SEED"]), int(os.environ["NF_STEPS"])
+    ready_probability = float(os.environ["NF_READY"])
+    rng = random.Random(seed)
+    dut._log.info(f"seed {seed}, {steps} learning steps, shape {shape}, out ready {ready_probability}")
+
+    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
+    dut.rst.value = 1
+    for name in ("mem__valid", "mem_resp__ready", "inject__valid", "run__valid", "out__ready"):
+        getattr(dut, name).value = 0
+    for _ in range(3):
+        await RisingEdge(dut.clk)
+    dut.rst.value = 0
+
+    model = ChipModel(shape)
+    driver = ChipDriver(dut, ready_probability, seed)
+    cocotb.start_soon(driver.collect())
+    for space, core, addr, word in network_words(shape, rng) + learning_words(shape, rng):
+        model.write_words(space, core, addr, [word])
+        resp = await driver.mem(space, core, addr, word, write=True)
+        assert resp == 0, f"write {space.name} core {core} [{addr}] = {word}: response {resp}"
+    inputs = [[(rng.randrange(cores), rng.randrange(axons)) for _ in range(rng.randint(0, 4))]
+              for _ in range(steps)]
+    expected = [[] for _ in range(steps)]
+    start = get_sim_time(unit="ns")
+    for t, chunk, writes in learning_schedule(steps, rng):
+        for space, core, addr, word in writes:
+            core = rng.randrange(cores) if core == "any" else core
+            model.write_words(space, core, addr, [word])
+            assert await driver.mem(space, core, addr, word, write=True) == 0
+            assert await driver.mem(space, core, addr) == word & WORD
+        for s in range(t, t + chunk):
+            if inputs[s]:
+                model.inject(s, inputs[s])
+            for core, axon in inputs[s]:
+                await driver.put("inject", axon | core << 16 | (s & 0xFFFF) << 24)
+        for s, core, neuron in model.run(chunk):
+            expected[s].append((core, neuron))
+        await driver.put("run", chunk)
+        await driver.wait_markers(t + chunk, budget=50_000 * chunk)
+    cycles = (get_sim_time(unit="ns") - start) / 10
+
+    per_step, current = [], []
+    for kind, core, index in driver.out:
+        if kind == EventKind.STEP.value:
+            assert index == len(per_step) & 0xFFFF, f"marker {index} where step {len(per_step)} ended"
+            per_step.append(sorted(current))
+            current = []
+        else:
+            current.append((core, index))
+    assert not current and len(per_step) == steps
+    for s in range(steps):
+        assert per_step[s] == sorted(expected[s]), f"step {s}: chip {per_step[s]} != model {sorted(expected[s])}"
+    changed = 0
+    for c in range(cores):
+        for space, words in learning_state(model, shape, c).items():
+            for addr, word in enumerate(words):
+                got = await driver.mem(space, c, addr)
+                assert got == int(word) & WORD, f"core {c} {space.name}[{addr}]: chip {got}, model {word}"
+    initial = ChipModel(shape)
+    for space, core, addr, word in network_words(shape, random.Random(seed)):
+        initial.write_words(space, core, addr, [word])
+    for c in range(cores):
+        changed += int((model.cores[c].weights != initial.cores[c].weights).sum())
+    assert changed > 0, "no weight changed: the network did not learn"
+    report = {"steps": steps, "cycles": cycles, "cycles_per_step": cycles / steps, "weights_changed": changed,
+              "spikes": model.counters[Counter.SPIKES], "routed_events": model.counters[Counter.ROUTED_EVENTS]}
     dut._log.info(f"report {report}")
     if os.environ.get("NF_REPORT"):
         with open(os.environ["NF_REPORT"], "w") as f:

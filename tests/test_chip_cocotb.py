@@ -27,7 +27,8 @@ def run_chip_bench(shape, *, seed, steps, ready_probability, queue_depth=32, rep
     if report is not None:
         env["NF_REPORT"] = str(report)
     sim_cocotb.run_cocotb(Chip(shape, input_queue_depth=queue_depth), test_module="tb_chip",
-                          test_dir=Path(__file__).parent, seed=seed, extra_env=env)
+                          testcase="chip_network_against_model", test_dir=Path(__file__).parent, seed=seed,
+                          extra_env=env)
 
 
 @pytest.mark.verilator

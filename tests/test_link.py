@@ -568,6 +568,7 @@ def test_backend_against_loopback():
     info = backend.identify()
     assert (info.cores, info.neurons, info.axons, info.lanes, info.route_entries) == (2, 16, 24, 8, 16)
     assert info.input_queue == 16
+    assert info.build == "sim" and not info.learning        # LoopbackChip has no learning cores
     words = rng.integers(-(1 << 31), 1 << 31, size=16)
     backend.write(MemorySpace.WEIGHT, 1, 0, words)
     assert np.array_equal(backend.read(MemorySpace.WEIGHT, 1, 0, 16), words)
@@ -595,3 +596,13 @@ def test_long_transfers_are_chunked():
     out = backend.read(MemorySpace.STATE, 0, 0, LINK_MAX_READ_WORDS + 3)
     assert backend.stats["frames"] - frames == 4
     assert np.array_equal(out[:16], words[:16]) and not out[16:].any()
+
+
+def test_build_name_reported_and_checked():
+    """LinkedChip(build_name=...) is what IDENTIFY reports; a bad name fails at construction."""
+    transport = PysimTransport(LinkedChip(SHAPE, chip_factory=loopback_factory, build_name="ulx3s-85f"),
+                               timeout_cycles=100_000)
+    assert LinkBackend(transport).identify().build == "ulx3s-85f"
+    for bad in ["x" * 17, "caf\u00e9", 5]:
+        with pytest.raises(ValueError, match="build_name"):
+            LinkedChip(SHAPE, chip_factory=loopback_factory, build_name=bad)
