@@ -34,9 +34,9 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from neurofabric.hdl.protocol import (
+    LINK_BUILD_NAME_BYTES,
     LINK_CRC_BYTES,
     LINK_HEADER_BYTES,
-    LINK_IDENTIFY_BYTES,
     LINK_INPUT_EVENT_BYTES,
     LINK_MAX_OUTPUT_EVENTS,
     LINK_MAX_PAYLOAD,
@@ -52,8 +52,7 @@ from neurofabric.hdl.protocol import (
     MemRequest,
 )
 
-__all__ = ["HostLink", "identify_payload", "check_build_name", "FEATURE_LEARNING",
-           "IDENTIFY_BUILD_NAME_BYTES", "IDENTIFY_REPLY_BYTES"]
+__all__ = ["HostLink", "identify_payload", "check_build_name"]
 
 #: decoded bytes the receive buffer holds: seq, command, the largest payload, CRC
 RX_BUFFER_BYTES = LINK_HEADER_BYTES + LINK_MAX_PAYLOAD + LINK_CRC_BYTES
@@ -65,33 +64,24 @@ REPLY_BUFFER_BYTES = NAK_BASE + MIN_FRAME_BYTES
 HEADER_CAPTURE = LINK_HEADER_BYTES + LINK_MEM_HEADER_BYTES
 
 
-#: IDENTIFY ``features`` bit: the cores learn on chip (``NeuronCore(learning=True)``)
-FEATURE_LEARNING = 1 << 0
-#: IDENTIFY ends with the build name, ASCII, NUL-padded to this many bytes
-IDENTIFY_BUILD_NAME_BYTES = 16
-#: the IDENTIFY reply payload: the 24 bytes of ``LINK_IDENTIFY_BYTES`` (its last u16 is
-#: ``features``), then the build name
-IDENTIFY_REPLY_BYTES = LINK_IDENTIFY_BYTES + IDENTIFY_BUILD_NAME_BYTES
-
-
 def check_build_name(build_name):
     """Return `build_name` if it is printable ASCII of at most 16 bytes; raise ValueError."""
     if not isinstance(build_name, str):
         raise ValueError(f"build_name must be a str, not {build_name!r}")
     if not (build_name.isascii() and build_name.isprintable()):
         raise ValueError(f"build_name = {build_name!r} must be printable ASCII")
-    if len(build_name) > IDENTIFY_BUILD_NAME_BYTES:
+    if len(build_name) > LINK_BUILD_NAME_BYTES:
         raise ValueError(f"build_name = {build_name!r} has {len(build_name)} bytes: "
-                         f"allowed [0, {IDENTIFY_BUILD_NAME_BYTES}]")
+                         f"allowed [0, {LINK_BUILD_NAME_BYTES}]")
     return build_name
 
 
 def identify_payload(shape, input_queue, *, features=0, build_name="sim"):
     """The IDENTIFY reply payload for a chip of `shape` (docs/protocol.md): `features` is a
-    bitmask (:data:`FEATURE_LEARNING`), `build_name` names the build (<= 16 ASCII bytes)."""
+    bitmask (:data:`LINK_FEATURE_LEARNING`), `build_name` names the build (<= 16 ASCII bytes)."""
     if not isinstance(features, int) or not 0 <= features <= 0xFFFF:
         raise ValueError(f"features = {features!r} is out of range: allowed [0, 65535]")
-    name = check_build_name(build_name).encode("ascii").ljust(IDENTIFY_BUILD_NAME_BYTES, b"\0")
+    name = check_build_name(build_name).encode("ascii").ljust(LINK_BUILD_NAME_BYTES, b"\0")
     fields = [
         (LINK_VERSION, 2), (shape.cores, 2), (shape.neurons, 4), (shape.axons, 4),
         (shape.lanes, 2), (shape.route_entries, 4), (input_queue, 2), (LINK_MAX_PAYLOAD, 2),
@@ -112,7 +102,7 @@ class HostLink(wiring.Component):
     rx_timeout : int
         Cycles without a byte after which a half-received frame is discarded.
     features : int
-        IDENTIFY feature bits (:data:`FEATURE_LEARNING`).
+        IDENTIFY feature bits (:data:`LINK_FEATURE_LEARNING`).
     build_name : str
         The build's name reported by IDENTIFY (printable ASCII, at most 16 bytes).
 

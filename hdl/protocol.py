@@ -219,14 +219,15 @@ class MemRequest(data.Struct):
 __all__ += [
     "LINK_VERSION", "LINK_MAX_PAYLOAD", "LINK_HEADER_BYTES", "LINK_CRC_BYTES", "LINK_MEM_HEADER_BYTES",
     "LINK_INPUT_EVENT_BYTES", "LINK_EVENT_BYTES", "LINK_MAX_WRITE_WORDS", "LINK_MAX_READ_WORDS",
-    "LINK_MAX_INJECT_EVENTS", "LINK_MAX_OUTPUT_EVENTS", "LINK_IDENTIFY_BYTES", "LinkCommand", "LinkStatus",
+    "LINK_MAX_INJECT_EVENTS", "LINK_MAX_OUTPUT_EVENTS", "LINK_IDENTIFY_SHAPE_BYTES", "LINK_BUILD_NAME_BYTES", "LINK_IDENTIFY_BYTES",
+    "LINK_FEATURE_LEARNING", "LinkCommand", "LinkStatus",
 ]
 
 # Wire format (all multi-byte fields little-endian):
 #   0x00, COBS(seq u8, command u8, payload..., CRC-32 u32 over seq..payload), 0x00
 # A reply frame echoes `seq` and carries a LinkStatus byte where the command byte was.
 
-LINK_VERSION = 1            #: identify reply `version`; bumped on any wire-format change
+LINK_VERSION = 2            #: identify reply `version`; bumped on any wire-format change
 LINK_MAX_PAYLOAD = 1024     #: largest payload (bytes) of a request or a reply frame
 LINK_HEADER_BYTES = 2       #: seq + command (or status)
 LINK_CRC_BYTES = 4          #: CRC-32 (IEEE 802.3, zlib.crc32), little-endian
@@ -241,7 +242,10 @@ LINK_MAX_READ_WORDS = LINK_MAX_PAYLOAD // 4
 LINK_MAX_INJECT_EVENTS = LINK_MAX_PAYLOAD // LINK_INPUT_EVENT_BYTES
 #: the most events one READ_OUTPUT reply carries
 LINK_MAX_OUTPUT_EVENTS = LINK_MAX_PAYLOAD // LINK_EVENT_BYTES
-LINK_IDENTIFY_BYTES = 24    #: identify reply payload (docs/protocol.md)
+LINK_IDENTIFY_SHAPE_BYTES = 24  #: identify reply: version, shape, queue, payload limit, features
+LINK_BUILD_NAME_BYTES = 16      #: identify reply: then the build name, ASCII, NUL-padded
+LINK_IDENTIFY_BYTES = LINK_IDENTIFY_SHAPE_BYTES + LINK_BUILD_NAME_BYTES   #: the whole reply payload
+LINK_FEATURE_LEARNING = 1 << 0  #: identify `features` bit: the cores learn on chip
 
 
 class LinkCommand(enum.Enum, shape=8):

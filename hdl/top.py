@@ -8,7 +8,8 @@ from amaranth.hdl import Module
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from neurofabric.hdl.link import FEATURE_LEARNING, HostLink, check_build_name
+from neurofabric.hdl.link import HostLink, check_build_name
+from neurofabric.hdl.protocol import LINK_FEATURE_LEARNING
 from neurofabric.hdl.uart import UARTReceiver, UARTTransmitter
 
 __all__ = ["LinkedChip", "UartLinkedChip", "default_chip_factory"]
@@ -27,7 +28,7 @@ class LinkedChip(wiring.Component):
     bytes and the chip is not running: nothing changes until a byte arrives, so a simulator may
     stop clocking), ``step`` (the chip's current step). ``input_queue`` is reported by IDENTIFY;
     by default it is the chip's ``input_queue_depth`` attribute if it has one, else 0. IDENTIFY
-    also reports :data:`~neurofabric.hdl.link.FEATURE_LEARNING` when the chip's ``learning``
+    also reports :data:`~neurofabric.hdl.link.LINK_FEATURE_LEARNING` when the chip's ``learning``
     attribute is true, and `build_name` (printable ASCII, at most 16 bytes: "sim", a board name).
     """
 
@@ -47,7 +48,7 @@ class LinkedChip(wiring.Component):
         self.chip = chip_factory(shape)
         if input_queue is None:
             input_queue = getattr(self.chip, "input_queue_depth", 0)
-        features = FEATURE_LEARNING if getattr(self.chip, "learning", False) is True else 0
+        features = LINK_FEATURE_LEARNING if getattr(self.chip, "learning", False) is True else 0
         self.link = HostLink(shape, input_queue=input_queue, rx_timeout=rx_timeout, features=features,
                              build_name=build_name)
         super().__init__()

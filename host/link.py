@@ -20,14 +20,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from neurofabric.hdl.link import FEATURE_LEARNING, IDENTIFY_REPLY_BYTES
 from neurofabric.hdl.protocol import (
     CORE_BITS,
     INDEX_BITS,
     LINK_CRC_BYTES,
     LINK_EVENT_BYTES,
+    LINK_FEATURE_LEARNING,
     LINK_HEADER_BYTES,
     LINK_IDENTIFY_BYTES,
+    LINK_IDENTIFY_SHAPE_BYTES,
     LINK_MAX_INJECT_EVENTS,
     LINK_MAX_OUTPUT_EVENTS,
     LINK_MAX_PAYLOAD,
@@ -273,12 +274,12 @@ def read_output_request(max_events=LINK_MAX_OUTPUT_EVENTS):
 def parse_identify(payload, build=None):
     """The IDENTIFY reply as a :class:`ChipInfo` (and the chip's maximum payload). The build
     name is the chip's own unless `build` overrides it."""
-    if len(payload) != IDENTIFY_REPLY_BYTES:
-        raise LinkError(f"IDENTIFY reply has {len(payload)} bytes, expected {IDENTIFY_REPLY_BYTES}")
-    fields = np.frombuffer(payload[:LINK_IDENTIFY_BYTES], dtype=[
+    if len(payload) != LINK_IDENTIFY_BYTES:
+        raise LinkError(f"IDENTIFY reply has {len(payload)} bytes, expected {LINK_IDENTIFY_BYTES}")
+    fields = np.frombuffer(payload[:LINK_IDENTIFY_SHAPE_BYTES], dtype=[
         ("version", "<u2"), ("cores", "<u2"), ("neurons", "<u4"), ("axons", "<u4"), ("lanes", "<u2"),
         ("route_entries", "<u4"), ("input_queue", "<u2"), ("max_payload", "<u2"), ("features", "<u2")])[0]
-    name = bytes(payload[LINK_IDENTIFY_BYTES:]).rstrip(b"\0")
+    name = bytes(payload[LINK_IDENTIFY_SHAPE_BYTES:]).rstrip(b"\0")
     if not (name.isascii() and name.decode("ascii").isprintable() and b"\0" not in name):
         raise LinkError(f"IDENTIFY build name {name!r} is not printable ASCII")
     info = ChipInfo(version=int(fields["version"]), cores=int(fields["cores"]),
@@ -286,7 +287,7 @@ def parse_identify(payload, build=None):
                     lanes=int(fields["lanes"]), route_entries=int(fields["route_entries"]),
                     input_queue=int(fields["input_queue"]),
                     build=name.decode("ascii") if build is None else build,
-                    learning=bool(int(fields["features"]) & FEATURE_LEARNING))
+                    learning=bool(int(fields["features"]) & LINK_FEATURE_LEARNING))
     return info, int(fields["max_payload"])
 
 
@@ -360,7 +361,7 @@ class LinkBackend(Backend):
     raises :class:`LinkNak`. On open, two RESETs (with different sequence numbers) clear the
     chip's replay state, IDENTIFY reads the chip's shape (used to validate arguments) and the
     chip's step register is read once (run() counts steps from it). ``identify().build`` and
-    ``.learning`` are what the chip reports (its build name and ``FEATURE_LEARNING`` bit);
+    ``.learning`` are what the chip reports (its build name and ``LINK_FEATURE_LEARNING`` bit);
     `build`, if given, replaces the reported name.
     """
 

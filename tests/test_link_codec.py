@@ -11,10 +11,12 @@ from amaranth.lib.crc import catalog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from neurofabric.hdl.link import FEATURE_LEARNING, identify_payload
+from neurofabric.hdl.link import identify_payload
 from neurofabric.hdl.protocol import (
+    LINK_FEATURE_LEARNING,
     LINK_MAX_INJECT_EVENTS,
     LINK_MAX_WRITE_WORDS,
+    LINK_VERSION,
     EventKind,
     LinkCommand,
     LinkStatus,
@@ -144,11 +146,11 @@ def test_requests_validate_fields():
 def test_reply_parsers():
     shape = ChipShape(cores=3, neurons=512, axons=100, lanes=8, route_entries=2000)
     info, max_payload = parse_identify(identify_payload(shape, 42), build="x")
-    assert info == ChipInfo(version=1, cores=3, neurons=512, axons=100, lanes=8, route_entries=2000,
+    assert info == ChipInfo(version=LINK_VERSION, cores=3, neurons=512, axons=100, lanes=8, route_entries=2000,
                             input_queue=42, build="x")
     assert max_payload == 1024
     # the build name and feature bits come from the chip unless the host overrides the name
-    payload = identify_payload(shape, 42, features=FEATURE_LEARNING, build_name="icebreaker-up5k")
+    payload = identify_payload(shape, 42, features=LINK_FEATURE_LEARNING, build_name="icebreaker-up5k")
     assert len(payload) == 40
     assert payload[22:24] == b"\x01\x00" and payload[24:] == b"icebreaker-up5k\0"
     info, _ = parse_identify(payload)

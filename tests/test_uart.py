@@ -6,7 +6,7 @@ import random
 import pytest
 from amaranth.sim import Simulator
 
-from neurofabric.hdl.protocol import LinkCommand, LinkStatus
+from neurofabric.hdl.protocol import LINK_IDENTIFY_BYTES, LinkCommand, LinkStatus
 from neurofabric.hdl.top import UartLinkedChip
 from neurofabric.hdl.uart import UARTReceiver, UARTTransmitter
 from neurofabric.host.link import FrameReader, build_frame, parse_body
@@ -182,4 +182,4 @@ def test_link_behind_uart():
     sim.run()
     assert (replies[0].seq, replies[0].status) == (10, LinkStatus.BAD_CRC)
     assert (replies[1].seq, replies[1].status) == (9, LinkStatus.ACK)
-    assert len(replies[1].payload) == 24
+    assert len(replies[1].payload) == LINK_IDENTIFY_BYTES
