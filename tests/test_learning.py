@@ -13,6 +13,7 @@ The STDP window test measures the weight change of one synapse for a single pre/
 offsets -20..+20 steps on the simulated core and compares it with ``A exp(-|dt| / tau)``.
 """
 
+import copy
 import math
 import os
 import random
@@ -118,6 +119,17 @@ class LearningScenario:
             self.events.append(events)
             self.learn.append(t == 0 or rng.random() < 0.85)
             self.reward.append(1 if t == 0 else rng.choice(rewards))
+
+    def fires(self):
+        """Whether any neuron fires in the model over this scenario (run on a copy)."""
+        model = copy.deepcopy(self.model)
+        spikes = 0
+        for t in range(self.steps):
+            model.learning = self.learn[t]
+            model.set_reward(self.reward[t])
+            model.inject(t, [(0, a) for a in self.events[t]])
+            spikes += len(model.step())
+        return spikes > 0
 
 
 class LearningBench:
@@ -269,6 +281,11 @@ def run_scenario(neurons, axons, lanes, steps, ready_probability, extreme=False,
     print(f"NeuronCore({neurons}, {axons}, {lanes}, learning=True) ready={ready_probability} "
           f"extreme={extreme}: NEUROFABRIC_SEED={seed}")
     scenario = LearningScenario(neurons, axons, lanes, seed, steps, extreme)
+    while not scenario.fires():
+        # a scenario in which nothing fires never exercises potentiation: the next seed
+        seed += 1
+        print(f"  no spikes in the model: NEUROFABRIC_SEED={seed}")
+        scenario = LearningScenario(neurons, axons, lanes, seed, steps, extreme)
     print(f"  {scenario.stdp}, rewards {scenario.reward}, learn {scenario.learn}")
     dut = NeuronCore(neurons, axons, lanes, learning=True)
     bench = LearningBench(dut, scenario)
