@@ -6,6 +6,8 @@ socket) behind two methods, :meth:`write` and :meth:`read`.
 any other URL pyserial's ``serial_for_url`` understands (``loop://``, ``rfc2217://``) works too.
 """
 
+from abc import ABC, abstractmethod
+
 import serial
 
 __all__ = ["Transport", "SerialTransport", "TransportError", "FaultInjector", "open_transport"]
@@ -15,20 +17,22 @@ class TransportError(OSError):
     """The byte transport could not be opened or failed."""
 
 
-class Transport:
-    """What :class:`neurofabric.host.link.LinkBackend` needs from a byte transport."""
+class Transport(ABC):
+    """What :class:`neurofabric.host.link.LinkBackend` needs from a byte transport (abstract:
+    :class:`SerialTransport`, :class:`FaultInjector`, ``neurofabric.sim.device.PysimTransport``)."""
 
+    @abstractmethod
     def write(self, data):
         """Send all of `data`."""
-        raise NotImplementedError
 
+    @abstractmethod
     def read(self, timeout):
         """Return the bytes available now, waiting up to `timeout` seconds for the first one;
         ``b""`` if none arrived."""
-        raise NotImplementedError
 
+    @abstractmethod
     def close(self):
-        raise NotImplementedError
+        """Release the transport."""
 
 
 class SerialTransport(Transport):
