@@ -31,6 +31,7 @@ from neurofabric.hdl.protocol import (
     StdpField,
 )
 from neurofabric.host.model import ChipModel, ChipShape
+from neurofabric.sim.cocotb_bench import mem_request, mem_transfer
 
 WORD = 0xFFFFFFFF
 
@@ -83,9 +84,7 @@ def network_words(shape, rng):
     return writes
 
 
-def mem_request(space, core, addr, data, write):
-    # MemRequest: addr 24 | data 32 | mem 4 | core 8 | write 1
-    return addr | (data & WORD) << 24 | space.value << 56 | core << 60 | int(write) << 68
+
 
 
 class ChipDriver:
@@ -97,29 +96,8 @@ class ChipDriver:
         self.markers = 0
 
     async def mem(self, space, core, addr, data=0, write=False, budget=5000):
-        dut = self.dut
-        await FallingEdge(dut.clk)
-        dut.mem__payload.value = mem_request(space, core, addr, data, write)
-        dut.mem__valid.value = 1
-        dut.mem_resp__ready.value = 1
-        for _ in range(budget):
-            await ReadOnly()
-            accepted = bool(dut.mem__ready.value)
-            await FallingEdge(dut.clk)
-            if accepted:
-                break
-        else:
-            raise AssertionError(f"{space.name} request not accepted within {budget} cycles")
-        dut.mem__valid.value = 0
-        for _ in range(budget):
-            await ReadOnly()
-            if dut.mem_resp__valid.value:
-                resp = int(dut.mem_resp__payload.value)
-                await FallingEdge(dut.clk)
-                dut.mem_resp__ready.value = 0
-                return resp
-            await FallingEdge(dut.clk)
-        raise AssertionError(f"no response to a {space.name} request within {budget} cycles")
+        return await mem_transfer(self.dut, mem_request(space, addr, data, write, core=core),
+                                  what=space.name, budget=budget)
 
     async def put(self, prefix, payload, budget=100_000):
         valid, ready = getattr(self.dut, prefix + "__valid"), getattr(self.dut, prefix + "__ready")

@@ -17,16 +17,8 @@ from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge
 from test_core import PROFILE_FIELDS, STATE_FIELDS, Scenario, profile_value
 
-from neurofabric.hdl.protocol import CoreRegister, MemorySpace, MemRequest
-
-
-def mem_request(space, addr, data, write):
-    return MemRequest.const({"addr": addr, "data": data & 0xFFFF_FFFF, "mem": space, "core": 0,
-                             "write": int(write)}).as_bits()
-
-
-def to_signed32(word):
-    return word - (1 << 32) if word & (1 << 31) else word
+from neurofabric.hdl.protocol import CoreRegister, MemorySpace
+from neurofabric.sim.cocotb_bench import mem_request, mem_transfer, to_signed32
 
 
 class Driver:
@@ -50,29 +42,9 @@ class Driver:
         dut.rst.value = 0
 
     async def mem(self, space, addr, data=0, write=False, budget=200):
-        dut = self.dut
-        await FallingEdge(dut.clk)
-        dut.mem__payload.value = mem_request(space, addr, data, write)
-        dut.mem__valid.value = 1
-        dut.mem_resp__ready.value = 1
-        for _ in range(budget):
-            await ReadOnly()
-            accepted = int(dut.mem__ready.value)
-            await FallingEdge(dut.clk)
-            if accepted:
-                break
-        else:
-            raise AssertionError(f"{space.name} request not accepted within {budget} cycles")
-        dut.mem__valid.value = 0
-        for _ in range(budget):
-            await ReadOnly()
-            if int(dut.mem_resp__valid.value):
-                response = int(dut.mem_resp__payload.value)
-                await FallingEdge(dut.clk)
-                dut.mem_resp__ready.value = 0
-                return to_signed32(response)
-            await FallingEdge(dut.clk)
-        raise AssertionError(f"no response to a {space.name} request within {budget} cycles")
+        response = await mem_transfer(self.dut, mem_request(space, addr, data, write), what=space.name,
+                                      budget=budget)
+        return to_signed32(response)
 
     async def load(self):
         s = self.scenario

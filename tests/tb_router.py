@@ -17,7 +17,10 @@ import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge
 
-ROUTE_POINTER, ROUTE_ENTRY = 5, 6
+from neurofabric.hdl.protocol import MemorySpace
+from neurofabric.sim.cocotb_bench import mem_request, mem_transfer
+
+ROUTE_POINTER, ROUTE_ENTRY = MemorySpace.ROUTE_POINTER, MemorySpace.ROUTE_ENTRY
 SPIKE_KIND = 1
 
 
@@ -29,9 +32,7 @@ def entry_bits(host=False, core=0, axon=0):
     return axon | core << 16 | int(host) << 30
 
 
-def mem_request(space, addr, data, write):
-    # MemRequest: addr 24 | data 32 | mem 4 | core 8 | write 1
-    return addr | data << 24 | space << 56 | int(write) << 68
+
 
 
 def random_routes(cores, neurons, axons, route_entries, rng):
@@ -52,28 +53,7 @@ def random_routes(cores, neurons, axons, route_entries, rng):
 
 
 async def mem_access(dut, space, addr, data=0, write=False, budget=100):
-    await FallingEdge(dut.clk)
-    dut.mem__payload.value = mem_request(space, addr, data, write)
-    dut.mem__valid.value = 1
-    dut.mem_resp__ready.value = 1
-    for _ in range(budget):
-        await ReadOnly()
-        accepted = int(dut.mem__ready.value)
-        await FallingEdge(dut.clk)
-        if accepted:
-            break
-    else:
-        raise AssertionError("mem request not accepted")
-    dut.mem__valid.value = 0
-    for _ in range(budget):
-        await ReadOnly()
-        if int(dut.mem_resp__valid.value):
-            resp = int(dut.mem_resp__payload.value)
-            await FallingEdge(dut.clk)
-            dut.mem_resp__ready.value = 0
-            return resp
-        await FallingEdge(dut.clk)
-    raise AssertionError("no mem response")
+    return await mem_transfer(dut, mem_request(space, addr, data, write), budget=budget)
 
 
 @cocotb.test()
