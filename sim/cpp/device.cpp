@@ -2,12 +2,15 @@
 //
 // Listens on 127.0.0.1 at a port the OS picks (or argv[1] if given), prints "port N" on stdout,
 // serves one client, and exits when the client disconnects, on SIGTERM/SIGINT, or when the parent
-// process dies (PR_SET_PDEATHSIG). On exit it prints "cycles N" (clock cycles simulated).
+// process dies (PR_SET_PDEATHSIG). On exit it prints "cycles N" (clock cycles simulated) and
+// "clocking_seconds S" (wall time spent clocking the design, i.e. not waiting for the host) and
+// "cpu_seconds S" (processor time used, which other load on the machine does not inflate).
 //
 // The clock runs as fast as it can while there is work: bytes received and not yet taken by the
 // design, a command executing or the chip running (the design's `idle` output low). Otherwise the
 // harness blocks in poll() until bytes arrive. Socket I/O is done in batches (one recv/send per
-// batch of up to BATCH_CYCLES cycles), never per byte.
+// batch of up to BATCH_CYCLES cycles), never per byte; a batch ends early when a reply frame is
+// complete, so the host waits for the reply, not for the batch.
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -20,6 +23,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
+#include <ctime>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -57,16 +62,11 @@ struct Device {
     Vlinked_chip *top;
     uint64_t cycles = 0;
 
+    // The design has no reset input: its registers and memories start at their initial values.
     Device() : top(new Vlinked_chip(&context)) {
         top->clk = 0;
-        top->rst = 1;
         top->RX_VALID = 0;
         top->TX_READY = 0;
-        for (int i = 0; i < 4; i++) {
-            top->eval();
-            tick();
-        }
-        top->rst = 0;
         top->eval();
     }
     ~Device() {
@@ -83,7 +83,7 @@ struct Device {
     }
 
     // Run up to `budget` cycles, taking bytes from in[in_pos..] and appending tx bytes to out.
-    // Returns early once the design is idle with no input left.
+    // Returns early once the design is idle with no input left, or after a frame's closing 0x00.
     void run(const std::vector<uint8_t> &in, size_t &in_pos, std::vector<uint8_t> &out, int budget) {
         for (int i = 0; i < budget; i++) {
             bool have_input = in_pos < in.size();
@@ -93,9 +93,14 @@ struct Device {
             top->TX_READY = out.size() < MAX_PENDING_OUT;
             top->eval();
             bool rx_fire = top->RX_VALID && top->RX_READY;
-            if (top->TX_VALID && top->TX_READY) out.push_back(top->TX_PAYLOAD);
+            bool frame_end = false;
+            if (top->TX_VALID && top->TX_READY) {
+                frame_end = top->TX_PAYLOAD == 0 && !out.empty() && out.back() != 0;
+                out.push_back(top->TX_PAYLOAD);
+            }
             tick();
             if (rx_fire) in_pos++;
+            if (frame_end) return;  // a reply is complete: send it now, not at the end of the batch
         }
     }
 };
@@ -143,6 +148,7 @@ int main(int argc, char **argv) {
     size_t in_pos = 0, out_pos = 0;
     std::vector<uint8_t> buffer(1 << 16);
     bool open = true;
+    std::chrono::steady_clock::duration clocking{};
     while (open && !stop_requested) {
         bool busy = in_pos < in.size() || !device.top->idle;
         bool sending = out_pos < out.size();
@@ -161,7 +167,9 @@ int main(int argc, char **argv) {
                 open = false;
             }
         }
+        auto started = std::chrono::steady_clock::now();
         device.run(in, in_pos, out, BATCH_CYCLES);
+        clocking += std::chrono::steady_clock::now() - started;
         while (out_pos < out.size()) {
             ssize_t sent = send(client, out.data() + out_pos, out.size() - out_pos, 0);
             if (sent > 0) {
@@ -177,7 +185,8 @@ int main(int argc, char **argv) {
         }
     }
     close(client);
-    std::printf("cycles %llu\n", static_cast<unsigned long long>(device.cycles));
+    std::printf("cycles %llu\nclocking_seconds %.6f\ncpu_seconds %.6f\n", static_cast<unsigned long long>(device.cycles),
+                std::chrono::duration<double>(clocking).count(), static_cast<double>(std::clock()) / CLOCKS_PER_SEC);
     std::fflush(stdout);
     return 0;
 }
