@@ -2,7 +2,6 @@
 numpy, plus the two demos' accuracies.
 
     python bench/e2e.py [--json FILE] [--steps 1000] [--no-sim] [--no-brian2] [--no-demos]
-                        [--brian2-python PYTHON]
 
 The network (:func:`make_network`, seeded): ``N = 1000`` LIF neurons (80 % excitatory, 20 %
 inhibitory), 10 % random recurrent connectivity, ``INPUTS = 100`` Poisson input channels
@@ -18,10 +17,10 @@ raster.
 * ``sim``: ``Chip.open("sim")`` with the same shape; any failure is recorded as its error string.
 * ``brian2``: the float equivalent (``dv/dt = -v/tau``, ``on_pre: v += w``, delay one step),
   C++ standalone if it compiles, else the numpy target; "unavailable" if brian2 is not
-  importable. Compilation time is reported separately from the run time. Brian2 2.9 does not
-  import under numpy >= 2.4 (it wraps the removed ``ndarray.ptp``); ``--brian2-python`` runs
-  the Brian2 part in another interpreter (a venv with ``brian2`` and ``numpy<2.4``) as a
-  subprocess of this script, exchanging the network and the spikes through an .npz file.
+  importable. Compilation time is reported separately from the run time. Brian2 is the optional
+  extra ``neurofabric[brian2]``; it pins ``numpy<2.4`` (Brian2 2.9 calls ``ndarray.ptp``, which
+  numpy 2.4 removed), so install it in a venv of its own:
+  ``python -m venv b2 && b2/bin/pip install -e ".[sim,demo,brian2]" && b2/bin/python bench/e2e.py``.
 
 Synaptic events: every input event and spike times its number of non-zero outgoing synapses
 (each simulator's own spikes). ``events_per_s`` = synaptic events / time of the run: wall time
@@ -211,22 +210,6 @@ def run_brian2(raster, w_in, w_rec, standalone=True):
             "target": "cpp_standalone" if standalone else "numpy"}
 
 
-def run_brian2_elsewhere(python, raster, w_in, w_rec):
-    """:func:`run_brian2` in the interpreter `python` (standalone, falling back to numpy)."""
-    import subprocess
-    with tempfile.TemporaryDirectory() as tmp:
-        np.savez(f"{tmp}/in.npz", raster=raster, w_in=w_in, w_rec=w_rec)
-        proc = subprocess.run([python, __file__, "--brian2-worker", tmp], capture_output=True, text=True,
-                              timeout=900)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{python} failed: {proc.stderr.strip()[-1500:]}")
-        data = np.load(f"{tmp}/out.npz", allow_pickle=False)
-        result = json.loads(str(data["meta"]))
-        result["spikes"] = data["spikes"]
-        result["python"] = python
-        return result
-
-
 def _worker(args, timeout, what):
     """Run this script with `args` in its own process group (so a timeout also stops a Verilator
     build it started); raise with the last line of its stderr if it fails."""
@@ -256,21 +239,6 @@ def run_sim_elsewhere(raster, w_in, w_rec, timeout):
         result = json.loads(str(data["meta"]))
         result["spikes"] = data["spikes"]
         return result
-
-
-def _brian2_worker(tmp):
-    data = np.load(f"{tmp}/in.npz")
-    args = data["raster"], data["w_in"], data["w_rec"]
-    try:
-        result = run_brian2(*args, standalone=True)
-    except Exception as e:
-        result = run_brian2(*args, standalone=False)
-        result["standalone_error"] = _error(e)
-    import brian2
-    result["brian2_version"] = brian2.__version__
-    result["numpy_version"] = np.__version__
-    spikes = result.pop("spikes")
-    np.savez(f"{tmp}/out.npz", spikes=spikes, meta=json.dumps(result))
 
 
 def projected_chip(spikes, raster, w_in, w_rec, steps, cores=4, lanes=16):
@@ -314,19 +282,14 @@ def main(argv=None):
     parser.add_argument("--no-sim", action="store_true", help="skip the Verilator sim device")
     parser.add_argument("--no-brian2", action="store_true")
     parser.add_argument("--no-demos", action="store_true", help="skip the digits and STDP demos")
-    parser.add_argument("--brian2-python", help="run Brian2 in this interpreter (see the module docstring)")
-    parser.add_argument("--brian2-worker", help=argparse.SUPPRESS)
     parser.add_argument("--sim-worker", help=argparse.SUPPRESS)
     parser.add_argument("--demo-sim-worker", help=argparse.SUPPRESS)
     parser.add_argument("--sim-timeout", type=float, default=300.0,
                         help="seconds allowed for building and running the sim device (default 300)")
     args = parser.parse_args(argv)
-    if args.brian2_worker:
-        _brian2_worker(args.brian2_worker)
-        return 0
     if args.demo_sim_worker:
         from neurofabric.host.demo import run_demo
-        run_demo(device="sim", out_dir=args.demo_sim_worker, limit=50, progress=False, log=lambda m: None)
+        run_demo(device="sim", out_dir=args.demo_sim_worker, progress=False, log=lambda m: None)
         return 0
     if args.sim_worker:
         data = np.load(f"{args.sim_worker}/in.npz")
@@ -383,12 +346,6 @@ def main(argv=None):
 
     if args.no_brian2:
         results["brian2"] = "skipped (--no-brian2)"
-    elif args.brian2_python:
-        log(f"brian2 in {args.brian2_python} ...")
-        try:
-            record("brian2", run_brian2_elsewhere(args.brian2_python, raster, w_in, w_rec))
-        except Exception as e:
-            results["brian2"] = {"error": _error(e)}
     else:
         try:
             import brian2  # noqa: F401
