@@ -41,7 +41,7 @@ class ModelBackend(Backend):
         s = self.model.shape
         return ChipInfo(version=MODEL_VERSION, cores=s.cores, neurons=s.neurons, axons=s.axons,
                         lanes=s.lanes, route_entries=s.route_entries, input_queue=1 << 20, build="model",
-                        learning=True)
+                        learning=True, encoder_channels=s.encoder_channels)
 
     def write(self, space, core, addr, words):
         self._check_open()
