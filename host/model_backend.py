@@ -15,7 +15,8 @@ __all__ = ["ModelBackend", "MODEL_VERSION", "DEFAULT_MODEL_SHAPE"]
 
 MODEL_VERSION = 1
 #: The shape ``Chip.open("model")`` builds when none is given.
-DEFAULT_MODEL_SHAPE = ChipShape(cores=4, neurons=256, axons=256, lanes=8, route_entries=4096)
+DEFAULT_MODEL_SHAPE = ChipShape(cores=4, neurons=256, axons=256, lanes=8, route_entries=4096,
+                                 encoder_channels=256)
 
 
 class ModelBackend(Backend):
