@@ -34,7 +34,7 @@ Input encoder (``shape.encoder_channels > 0``, :mod:`neurofabric.hdl.encoder`): 
 go to the cores' axons after the routed spikes and before the host inputs of the step (host
 inputs wait while the sweep runs), and the chip is not idle until the sweep is done, so the
 update waits for it. ``MemorySpace.ENCODER`` and the registers ``ChipRegister.ENCODER`` /
-``ENCODER_SEED`` are forwarded to the encoder between steps, like route-table requests; on a
+``ENCODER_SEED`` / ``ENCODER_STEPS`` are forwarded to the encoder between steps, like route-table requests; on a
 chip without an encoder they answer :data:`MEM_REFUSED` (writes) and 0 (reads).
 """
 
@@ -225,7 +225,8 @@ class Chip(wiring.Component):
         is_stdp_reward = (request.mem == MemorySpace.STDP) & (request.addr == StdpField.REWARD) & core_exists
         is_local = (request.mem == MemorySpace.COUNTER) | (request.mem == MemorySpace.CHIP) | is_stdp_reward
         is_encoder = (request.mem == MemorySpace.ENCODER) | ((request.mem == MemorySpace.CHIP) & (
-            (request.addr == ChipRegister.ENCODER) | (request.addr == ChipRegister.ENCODER_SEED)))
+            (request.addr == ChipRegister.ENCODER) | (request.addr == ChipRegister.ENCODER_SEED)
+            | (request.addr == ChipRegister.ENCODER_STEPS)))
         core_forward = Signal()         # offer `request` to core `request.core`
         core_forward_ready = Signal()
         core_relay = Signal()           # pass that core's response on

@@ -71,8 +71,9 @@ class InputEncoder(wiring.Component):
     - ``events`` (out stream of :class:`EncoderTarget`): the spikes of the sweep, in channel
       order, through a register slice.
     - ``mem``/``mem_resp``: ``MemorySpace.ENCODER`` (addr = ``EncoderField * channels + channel``)
-      and the registers ``MemorySpace.CHIP`` ``ChipRegister.ENCODER`` / ``ENCODER_SEED`` (other
-      requests are refused). A write answers :data:`MEM_OK`, or :data:`MEM_REFUSED` without
+      and the registers ``MemorySpace.CHIP`` ``ChipRegister.ENCODER`` / ``ENCODER_SEED`` /
+      ``ENCODER_STEPS`` (other requests are refused). A sweep that starts with ENCODER_STEPS
+      non-zero counts it down; the sweep that brings it to 0 clears the enable bit. A write answers :data:`MEM_OK`, or :data:`MEM_REFUSED` without
       writing when the address or a field is out of range (rate > 2**16, phase >= 2**16, a target
       core or axon that does not exist, non-zero upper bits, a register word out of range); a
       read answers the word (0 out of range). Requests are taken only between sweeps; the chip
@@ -121,6 +122,7 @@ class InputEncoder(wiring.Component):
         enabled = Signal()
         mode = Signal(EncoderMode)
         seed = Signal(LFSR_BITS, init=1)
+        steps_left = Signal(16)
         lfsr = Signal(LFSR_BITS, init=1)
         lfsr_step = Signal(LFSR_BITS)
         m.d.comb += lfsr_step.eq(lfsr_ahead(lfsr))
@@ -159,6 +161,10 @@ class InputEncoder(wiring.Component):
             m.d.sync += lfsr.eq(lfsr_step)
         with m.If(self.start & ~sweeping & enabled):
             m.d.sync += [sweeping.eq(1), next_channel.eq(0), have.eq(0)]
+            with m.If(steps_left != 0):
+                m.d.sync += steps_left.eq(steps_left - 1)
+                with m.If(steps_left == 1):
+                    m.d.sync += enabled.eq(0)
         m.d.comb += self.busy.eq(sweeping | out_slice.o_stream.valid)
 
         # --- host access: MemorySpace.ENCODER and the two chip registers ------------------------
@@ -166,7 +172,7 @@ class InputEncoder(wiring.Component):
         resp_valid = Signal()
         resp_data = Signal(32)
         read_pending = Signal()
-        read_field = Signal(3)          # 0..2: EncoderField, 3: ENCODER, 4: ENCODER_SEED, 7: none
+        read_field = Signal(3)          # 0..2: EncoderField, 3..5: ENCODER, _SEED, _STEPS; 7: none
         accept = self.mem.valid & self.mem.ready
         m.d.comb += [
             self.mem.ready.eq(~resp_valid & ~read_pending & ~sweeping & ~self.start),
@@ -183,6 +189,7 @@ class InputEncoder(wiring.Component):
         is_chip = request.mem == MemorySpace.CHIP
         is_enable = is_chip & (addr == ChipRegister.ENCODER)
         is_seed = is_chip & (addr == ChipRegister.ENCODER_SEED)
+        is_steps = is_chip & (addr == ChipRegister.ENCODER_STEPS)
         new_target = EncoderTarget(request.data[:EncoderTarget.as_shape().size])
         data_ok = Signal()
         with m.If(in_rate):
@@ -196,6 +203,8 @@ class InputEncoder(wiring.Component):
             m.d.comb += data_ok.eq(request.data < 4)
         with m.Elif(is_seed):
             m.d.comb += data_ok.eq(request.data < (1 << LFSR_BITS))
+        with m.Elif(is_steps):
+            m.d.comb += data_ok.eq(request.data < (1 << 16))
         host_write = accept & request.write & data_ok
 
         for port in read_ports:
@@ -228,6 +237,8 @@ class InputEncoder(wiring.Component):
         with m.If(host_write & is_seed):
             seed_word = request.data[:LFSR_BITS]
             m.d.sync += [seed.eq(seed_word), lfsr.eq(Mux(seed_word == 0, 1, seed_word))]
+        with m.If(host_write & is_steps):
+            m.d.sync += steps_left.eq(request.data[:16])
 
         with m.If(accept):
             with m.If(request.write):
@@ -236,7 +247,7 @@ class InputEncoder(wiring.Component):
                 m.d.sync += [
                     read_pending.eq(1),
                     read_field.eq(Mux(in_rate, 0, Mux(in_phase, 1, Mux(in_target, 2, Mux(
-                        is_enable, 3, Mux(is_seed, 4, 7)))))),
+                        is_enable, 3, Mux(is_seed, 4, Mux(is_steps, 5, 7))))))),
                 ]
         with m.If(read_pending):
             with m.Switch(read_field):
@@ -250,6 +261,8 @@ class InputEncoder(wiring.Component):
                     m.d.sync += resp_data.eq(enabled | (mode.as_value() << 1))
                 with m.Case(4):
                     m.d.sync += resp_data.eq(seed)
+                with m.Case(5):
+                    m.d.sync += resp_data.eq(steps_left)
                 with m.Default():
                     m.d.sync += resp_data.eq(0)
             m.d.sync += [read_pending.eq(0), resp_valid.eq(1)]

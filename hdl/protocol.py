@@ -213,6 +213,7 @@ class ChipRegister(enum.Enum, shape=4):
     REWARD = 2          #: signed 8-bit third factor of STDP
     ENCODER = 3         #: input encoder: bit 0 = enable, bit 1 = EncoderMode (chips with an encoder)
     ENCODER_SEED = 4    #: input encoder LFSR seed, 16 bits; a write reloads the LFSR
+    ENCODER_STEPS = 5   #: 16 bits: the encoder turns itself off after this many more steps (0: never)
 
 
 class EncoderField(enum.Enum, shape=2):

@@ -230,7 +230,7 @@ class Chip:
         self.info = backend.identify()
         self.compiled = None
         self._encoding = None           # the encode() call to rewind to on reset_state
-        self._encoder_left = None       # steps the encoder still runs (None: no limit / off)
+        self._encoder_left = None       # steps before the encoder turns itself off (None: no limit)
         self._encoder_words = {}        # what the chip's encoder memory and register hold, if known
 
     # --- opening ------------------------------------------------------------------------------
@@ -271,7 +271,7 @@ class Chip:
         self.compiled = compiled
         self._encoding = self._encoder_left = None
         if self.info.encoder_channels:
-            self._encoder_write_register(0)
+            self._encoder_write_register(ChipRegister.ENCODER, 0)
         self._extent = {}
         for s in compiled.slices:
             self._extent[s.core] = max(self._extent.get(s.core, 0), s.offset + s.stop - s.start)
@@ -358,8 +358,6 @@ class Chip:
                 end = min(steps, done + chunk, done + MAX_CHUNK_STEPS)
                 if bar.enabled:
                     end = min(end, done + max(1, steps // 100))
-                if self._encoder_left is not None:          # the encoder stops after its steps
-                    end = min(end, done + self._encoder_left)
                 upto = np.searchsorted(events[:, 0], end, side="left")
                 if upto - pos > queue:
                     # cut at the step of the queue-th event (at least one step)
@@ -415,8 +413,11 @@ class Chip:
             self.backend.read(MemorySpace.CHIP, 0, ChipRegister.LEARNING.value, 1)[0])
         if learning:
             self.backend.write(MemorySpace.CHIP, 0, ChipRegister.LEARNING.value, [0])
-        if self._encoder_words.get("register", 0) & 1:      # no encoder input in the settling step
-            self._encoder_write_register(self._encoder_words["register"] & ~1)
+        register = self._encoder_words.get("encoder")
+        if register is None and self.info.encoder_channels:
+            register = 1                                    # unknown: make sure it is off
+        if register is not None and register & 1:           # no encoder input in the settling step
+            self._encoder_write_register(ChipRegister.ENCODER, register & ~1)
         for core, n in extent.items():
             words = np.zeros(STATE_WORDS * n, dtype=np.int64)
             words[StateField.REFRACTORY.value::STATE_WORDS] = 1
@@ -436,12 +437,13 @@ class Chip:
         """Load input intensities into the chip's input encoder (docs/host.md, "On-chip input
         encoder"): from the next :meth:`run` on, the chip makes the input spikes of these
         populations itself, in every step, or in the first `steps` steps run (then it stops),
-        in addition to any events given to :meth:`run`. :meth:`reset_state` rewinds the
+        in addition to any events given to :meth:`run` (the chip counts the steps and turns the
+        encoder off itself, ``ChipRegister.ENCODER_STEPS``). :meth:`reset_state` rewinds the
         encoder to this call (phases, LFSR seed, `steps`); :meth:`load` and
         :meth:`stop_encoding` stop it.
 
         `inputs`: {input population (or its name): intensities}, one number in [0, 1] per input
-        neuron. `mode`: ``"phase"``, the deterministic phase accumulator, which gives exactly
+        neuron; `steps`: None (no limit) or 1..65535. `mode`: ``"phase"``, the deterministic phase accumulator, which gives exactly
         the spikes of ``rate_encode(x, T, levels, phase)`` (`levels` a power of two); or
         ``"bernoulli"``, a spike with probability x in every step from the chip's LFSR seeded
         with `seed` (16-bit). Each input neuron uses one encoder channel per core it feeds.
@@ -459,7 +461,7 @@ class Chip:
                                   f"{inputs!r}", "inputs", inputs)
         seed = check_int("seed", seed, 0, (1 << LFSR_BITS) - 1)
         if steps is not None:
-            steps = check_int("steps", steps, 1, (1 << 31) - 1)
+            steps = check_int("steps", steps, 1, (1 << 16) - 1)
         values = {}
         for pop, x in inputs.items():
             if isinstance(pop, str):
@@ -489,7 +491,8 @@ class Chip:
             self._encoder_write(EncoderField.PHASE, phases)
         else:
             self.backend.write(MemorySpace.CHIP, 0, ChipRegister.ENCODER_SEED.value, [seed])
-        self._encoder_write_register(1 | encoder_mode.value << 1)
+        self._encoder_write_register(ChipRegister.ENCODER_STEPS, steps or 0)
+        self._encoder_write_register(ChipRegister.ENCODER, 1 | encoder_mode.value << 1)
         self._encoding = {"mode": encoder_mode, "phases": phases, "seed": seed, "steps": steps}
         self._encoder_left = steps
         return layout.channels
@@ -497,7 +500,7 @@ class Chip:
     def stop_encoding(self):
         """Stop the input encoder (its channels keep their words)."""
         if self.info.encoder_channels:
-            self._encoder_write_register(self._encoder_words.get("register", 0) & ~1)
+            self._encoder_write_register(ChipRegister.ENCODER, (self._encoder_words.get("encoder") or 0) & ~1)
         self._encoding = self._encoder_left = None
 
     def _encoder_write(self, field_, words):
@@ -510,21 +513,25 @@ class Chip:
         self.backend.write(MemorySpace.ENCODER, 0, field_.value * self.info.encoder_channels, words)
         self._encoder_words[key] = np.array(words, dtype=np.int64)
 
-    def _encoder_write_register(self, word):
-        if self._encoder_words.get("register") != word:
-            self._encoder_words["register"] = None
-            self.backend.write(MemorySpace.CHIP, 0, ChipRegister.ENCODER.value, [word])
-            self._encoder_words["register"] = word
+    def _encoder_write_register(self, register, word):
+        """Write ChipRegister.ENCODER or ENCODER_STEPS unless the chip holds `word` already."""
+        key = register.name.lower()
+        if self._encoder_words.get(key) != word:
+            self._encoder_words[key] = None
+            self.backend.write(MemorySpace.CHIP, 0, register.value, [word])
+            self._encoder_words[key] = word
 
     def _encoder_ran(self, steps):
-        """Book-keeping after `steps` steps ran: the phases moved; the step budget shrinks."""
-        register = self._encoder_words.get("register")
+        """Book-keeping after `steps` steps ran: the phases moved, and the chip counted its
+        encoder steps down (turning the encoder off at 0)."""
+        register = self._encoder_words.get("encoder")
         if register is None or register & 1:
             self._encoder_words["phase"] = None
-        if self._encoder_left is not None:
-            self._encoder_left -= steps
+        if self._encoder_left is not None and register is not None and register & 1:
+            self._encoder_left = max(0, self._encoder_left - steps)
+            self._encoder_words["encoder_steps"] = self._encoder_left
             if self._encoder_left == 0:
-                self._encoder_write_register(register & ~1)
+                self._encoder_words["encoder"] = register & ~1
                 self._encoder_left = None
 
     def _encoder_rewind(self):
@@ -536,7 +543,8 @@ class Chip:
             self._encoder_write(EncoderField.PHASE, e["phases"])
         else:
             self.backend.write(MemorySpace.CHIP, 0, ChipRegister.ENCODER_SEED.value, [e["seed"]])
-        self._encoder_write_register(1 | e["mode"].value << 1)
+        self._encoder_write_register(ChipRegister.ENCODER_STEPS, e["steps"] or 0)
+        self._encoder_write_register(ChipRegister.ENCODER, 1 | e["mode"].value << 1)
         self._encoder_left = e["steps"]
 
     # --- reading back -------------------------------------------------------------------------

@@ -309,6 +309,7 @@ class ChipModel:
         self.encoder_mode = EncoderMode.PHASE
         self.encoder_seed = 1
         self.encoder_lfsr = encoder_lfsr_seed(1)
+        self.encoder_steps = 0      # steps left before the encoder turns itself off (0: no limit)
 
     def _fresh_core(self):
         s = self.shape
@@ -402,11 +403,13 @@ class ChipModel:
         base, count = int(self.route_base[source]), int(self.route_count[source])
         return [self.route_entries[i % self.shape.route_entries] for i in range(base, base + count)]
 
-    def set_encoder(self, rates=None, phases=None, targets=None, *, mode=None, enabled=None, seed=None):
+    def set_encoder(self, rates=None, phases=None, targets=None, *, mode=None, enabled=None, seed=None,
+                    steps=None):
         """Configure the input encoder through its memory map: per-channel `rates`, `phases`,
         `targets` ((core, axon) pairs), all of length ``shape.encoder_channels``; the chip-wide
-        `mode` (:class:`EncoderMode`), `enabled` and LFSR `seed`. None leaves a part unchanged;
-        every part is validated before anything changes."""
+        `mode` (:class:`EncoderMode`), `enabled`, LFSR `seed` and `steps` (it turns itself off
+        after that many steps; 0: no limit). None leaves a part unchanged; every part is
+        validated before anything changes."""
         e = self.shape.encoder_channels
         writes = []
         if rates is not None:
@@ -428,6 +431,8 @@ class ChipModel:
             registers[ChipRegister.ENCODER.value] = int(enabled) | mode.value << 1
         if seed is not None:
             registers[ChipRegister.ENCODER_SEED.value] = check_int("seed", seed, 0, (1 << LFSR_BITS) - 1)
+        if steps is not None:
+            registers[ChipRegister.ENCODER_STEPS.value] = check_int("steps", steps, 0, (1 << 16) - 1)
         if registers and not e:
             raise ModelError("this chip has no input encoder (encoder_channels = 0)")
         for addr, words in writes:
@@ -511,7 +516,7 @@ class ChipModel:
                 self.route_count.copy(), list(self.route_entries), self.learning, self.reward,
                 self.encoder_rate.copy(), self.encoder_phase.copy(), self.encoder_core.copy(),
                 self.encoder_axon.copy(), self.encoder_enabled, self.encoder_mode, self.encoder_seed,
-                self.encoder_lfsr)
+                self.encoder_lfsr, self.encoder_steps)
 
     def _restore(self, space, core, snap):
         c = self.cores[core]
@@ -519,7 +524,7 @@ class ChipModel:
          c.stdp, c.lfsr, c.pre_trace, c.post_trace, c.plastic, self.route_base, self.route_count,
          self.route_entries, self.learning, self.reward, self.encoder_rate, self.encoder_phase,
          self.encoder_core, self.encoder_axon, self.encoder_enabled, self.encoder_mode, self.encoder_seed,
-         self.encoder_lfsr) = snap
+         self.encoder_lfsr, self.encoder_steps) = snap
 
     @staticmethod
     def _signed(word, bits):
@@ -596,6 +601,8 @@ class ChipModel:
                 if addr == ChipRegister.ENCODER.value:
                     word = check_int("encoder register", word, 0, 3)
                     self.encoder_enabled, self.encoder_mode = bool(word & 1), EncoderMode(word >> 1)
+                elif addr == ChipRegister.ENCODER_STEPS.value:
+                    self.encoder_steps = check_int("encoder steps", word, 0, (1 << 16) - 1)
                 else:
                     self.encoder_seed = check_int("encoder seed", word, 0, (1 << LFSR_BITS) - 1)
                     self.encoder_lfsr = encoder_lfsr_seed(self.encoder_seed)
@@ -645,7 +652,8 @@ class ChipModel:
             if addr >= ChipRegister.ENCODER.value and not self.shape.encoder_channels:
                 return 0
             return (self.step_count & WORD_MASK, int(self.learning), self.reward,
-                    int(self.encoder_enabled) | self.encoder_mode.value << 1, self.encoder_seed)[addr]
+                    int(self.encoder_enabled) | self.encoder_mode.value << 1, self.encoder_seed,
+                    self.encoder_steps)[addr]
         if space is MemorySpace.ENCODER:
             e = self.shape.encoder_channels
             field_, channel = EncoderField(addr // e), addr % e
@@ -729,6 +737,9 @@ class ChipModel:
             return []
         fired, self.encoder_phase, self.encoder_lfsr = encoder_spikes(
             self.encoder_mode, self.encoder_rate, self.encoder_phase, self.encoder_lfsr)
+        if self.encoder_steps:
+            self.encoder_steps -= 1
+            self.encoder_enabled = self.encoder_steps != 0
         channels = np.flatnonzero(fired)
         return list(zip(self.encoder_core[channels].tolist(), self.encoder_axon[channels].tolist()))
 

@@ -303,7 +303,10 @@ def test_encoder_extremes_and_disable():
                 (MemorySpace.CHIP, 0, ChipRegister.ENCODER.value, 1)])
     plan = [("run", 5), ("write", ChipRegister.ENCODER, 0), ("run", 3), ("write", ChipRegister.ENCODER, 1),
             ("run", 2), ("rates", [0, 65535, 0, 65535, 0, 65535, 65535, 0]), ("write", ChipRegister.ENCODER, 3),
-            ("run", 6), ("edge", None), ("run", 1)]
+            ("run", 6), ("edge", None), ("run", 1),
+            # a budget of 3 steps: the encoder turns itself off in the middle of a 5-step run
+            ("rates", [ENCODER_RATE_ONE] * 8), ("write", ChipRegister.ENCODER_STEPS, 3),
+            ("write", ChipRegister.ENCODER, 1), ("run", 5)]
     expected = []
     for i, item in enumerate(plan):
         if item[0] == "run":
@@ -344,7 +347,9 @@ def test_encoder_extremes_and_disable():
     # the plan exercised what it claims: spikes every step from rate 65536, none from rate 0
     assert all((0, 1) in step for step in expected[:5]) and not any((0, 0) in step for step in expected[:5])
     assert not any(expected[5:8])                           # disabled: no input at all
-    assert expected[-1] == [(0, n) for n in range(0, 8, 2)]    # a draw equal to the rate spikes
+    assert expected[-6] == [(0, n) for n in range(0, 8, 2)]    # a draw equal to the rate spikes
+    assert expected[-5:] == [[(0, n) for n in range(8)]] * 3 + [[], []]      # the 3-step budget
+    assert model.read_words(MemorySpace.CHIP, 0, ChipRegister.ENCODER.value, 3).tolist() == [0, seed & 0xFFFF, 0]
 
 
 def test_encoder_memory_map_and_refusals():
@@ -365,6 +370,8 @@ def test_encoder_memory_map_and_refusals():
         (MemorySpace.CHIP, ChipRegister.ENCODER_SEED.value, 65535),
         (MemorySpace.CHIP, ChipRegister.ENCODER_SEED.value, 65536),
         (MemorySpace.CHIP, ChipRegister.ENCODER.value, 2),
+        (MemorySpace.CHIP, ChipRegister.ENCODER_STEPS.value, 65536),
+        (MemorySpace.CHIP, ChipRegister.ENCODER_STEPS.value, 65535),
     ]
     expected = []
     for space, addr, word in cases:
@@ -373,19 +380,20 @@ def test_encoder_memory_map_and_refusals():
             expected.append(MEM_OK)
         except ModelError:
             expected.append(MEM_REFUSED)
-    assert expected.count(MEM_REFUSED) == 9             # the cases above hold 9 bad words/addresses
+    assert expected.count(MEM_REFUSED) == 10            # the cases above hold 10 bad words/addresses
     dut = Chip(shape)
 
     async def body(ctx, bench, result):
         result["resp"] = [await bench.mem(ctx, s, 0, a, w, write=True) for s, a, w in cases]
         result["words"] = [await bench.mem(ctx, MemorySpace.ENCODER, 1, a) for a in range(3 * e + 1)]
         result["registers"] = [await bench.mem(ctx, MemorySpace.CHIP, 0, r.value)
-                               for r in (ChipRegister.ENCODER, ChipRegister.ENCODER_SEED)]
+                               for r in (ChipRegister.ENCODER, ChipRegister.ENCODER_SEED, ChipRegister.ENCODER_STEPS)]
 
     _, result = simulate(dut, [], body)
     assert result["resp"] == expected
     assert result["words"] == model.read_words(MemorySpace.ENCODER, 0, 0, 3 * e).tolist() + [0]
-    assert result["registers"] == model.read_words(MemorySpace.CHIP, 0, ChipRegister.ENCODER.value, 2).tolist()
+    assert result["registers"] == model.read_words(MemorySpace.CHIP, 0, ChipRegister.ENCODER.value, 3).tolist()
+    assert result["registers"] == [2, 65535, 65535]
 
 
 def test_chip_without_encoder_refuses_encoder_requests():

@@ -185,6 +185,7 @@ def test_encode_validation_sends_nothing():
             (dict(inputs={inp: good}, levels=100), RangeError, "levels = 100 must be a power of two"),
             (dict(inputs={inp: good}, seed=1 << 16), RangeError, r"seed = 65536 is out of range: allowed \[0, 65535\]"),
             (dict(inputs={inp: good}, steps=0), RangeError, "steps = 0"),
+            (dict(inputs={inp: good}, steps=65536), RangeError, r"steps = 65536 is out of range: allowed \[1, 65535\]"),
         ]
         for kwargs, error, message in cases:
             with pytest.raises(error, match=message):

@@ -229,13 +229,29 @@ def test_memory_map_layout_and_validation():
 
 def test_no_encoder_chip():
     model = ChipModel(ChipShape(cores=1, neurons=8, axons=8, lanes=8))
-    assert model.read_words(MemorySpace.CHIP, 0, ChipRegister.ENCODER.value, 2).tolist() == [0, 0]
-    for register in (ChipRegister.ENCODER, ChipRegister.ENCODER_SEED):
+    assert model.read_words(MemorySpace.CHIP, 0, ChipRegister.ENCODER.value, 3).tolist() == [0, 0, 0]
+    for register in (ChipRegister.ENCODER, ChipRegister.ENCODER_SEED, ChipRegister.ENCODER_STEPS):
         with pytest.raises(ModelError, match="no input encoder"):
             model.write_words(MemorySpace.CHIP, 0, register.value, [0])
     with pytest.raises(ModelError, match="no input encoder"):
         model.set_encoder(enabled=True)
     assert model.run(3) == []
+
+
+def test_step_budget_turns_the_encoder_off():
+    """ENCODER_STEPS = n: the encoder runs n more steps (counting down), then clears its enable
+    bit; 0 means no limit; a disabled encoder does not count."""
+    model = identity_chip(1)
+    model.set_encoder([ENCODER_RATE_ONE], [0], [(0, 0)], mode=EncoderMode.PHASE, enabled=False, steps=3)
+    assert raster(model, 2, 8)[:, 0].tolist() == [0, 0]
+    assert model.read_words(MemorySpace.CHIP, 0, ChipRegister.ENCODER_STEPS.value, 1)[0] == 3
+    model.set_encoder(enabled=True)
+    assert raster(model, 5, 8)[:, 0].tolist() == [1, 1, 1, 0, 0]
+    assert model.read_words(MemorySpace.CHIP, 0, ChipRegister.ENCODER.value, 3).tolist() == [0, 1, 0]
+    model.set_encoder(enabled=True)                # steps is 0 now: no limit
+    assert raster(model, 4, 8)[:, 0].tolist() == [1, 1, 1, 1]
+    with pytest.raises(ModelError, match=r"encoder steps = 65536 is out of range: allowed \[0, 65535\]"):
+        model.write_words(MemorySpace.CHIP, 0, ChipRegister.ENCODER_STEPS.value, [65536])
 
 
 def test_disabled_encoder_holds_and_reset_state_reseeds():
