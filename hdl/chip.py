@@ -34,8 +34,9 @@ Input encoder (``shape.encoder_channels > 0``, :mod:`neurofabric.hdl.encoder`): 
 go to the cores' axons after the routed spikes and before the host inputs of the step (host
 inputs wait while the sweep runs), and the chip is not idle until the sweep is done, so the
 update waits for it. ``MemorySpace.ENCODER`` and the registers ``ChipRegister.ENCODER`` /
-``ENCODER_SEED`` / ``ENCODER_STEPS`` are forwarded to the encoder between steps, like route-table requests; on a
-chip without an encoder they answer :data:`MEM_REFUSED` (writes) and 0 (reads).
+``ENCODER_SEED`` / ``ENCODER_STEPS`` are forwarded to the encoder between steps, like
+route-table requests; on a chip without an encoder they answer :data:`MEM_REFUSED` (writes)
+and 0 (reads).
 """
 
 from amaranth.hdl import Array, Cat, Module, Mux, Signal

@@ -72,11 +72,12 @@ class InputEncoder(wiring.Component):
       order, through a register slice.
     - ``mem``/``mem_resp``: ``MemorySpace.ENCODER`` (addr = ``EncoderField * channels + channel``)
       and the registers ``MemorySpace.CHIP`` ``ChipRegister.ENCODER`` / ``ENCODER_SEED`` /
-      ``ENCODER_STEPS`` (other requests are refused). A sweep that starts with ENCODER_STEPS
-      non-zero counts it down; the sweep that brings it to 0 clears the enable bit. A write answers :data:`MEM_OK`, or :data:`MEM_REFUSED` without
-      writing when the address or a field is out of range (rate > 2**16, phase >= 2**16, a target
-      core or axon that does not exist, non-zero upper bits, a register word out of range); a
-      read answers the word (0 out of range). Requests are taken only between sweeps; the chip
+      ``ENCODER_STEPS`` (other requests are refused). A write answers :data:`MEM_OK`, or
+      :data:`MEM_REFUSED` without writing when the address or a field is out of range (rate >
+      2**16, phase >= 2**16, a target core or axon that does not exist, non-zero upper bits, a
+      register word out of range); a read answers the word (0 out of range). A sweep that
+      starts with ENCODER_STEPS non-zero counts it down; the sweep that brings it to 0 clears
+      the enable bit. Requests are taken only between sweeps; the chip
       makes sure no sweep starts while one is in flight (it holds the step controller).
 
     Cycle behaviour: a sweep reads one channel per cycle from block RAM and judges it the next

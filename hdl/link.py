@@ -116,8 +116,10 @@ class HostLink(wiring.Component):
         IDENTIFY feature bits (:data:`LINK_FEATURE_LEARNING`).
     build_name : str
         The build's name reported by IDENTIFY (printable ASCII, at most 16 bytes).
-    encoder_channels : int
-        The chip's input encoder channels, reported by IDENTIFY (0: no encoder).
+    encoder_channels : int or None
+        The chip's input encoder channels, reported by IDENTIFY (0: no encoder); None (the
+        default) takes ``shape.encoder_channels``, which is what ``neurofabric.hdl.chip.Chip``
+        builds.
 
     Ports: ``rx``/``tx`` byte streams to the host; ``mem``, ``mem_resp``, ``inject``, ``run``,
     ``out``, ``running`` to the chip (see ``neurofabric.hdl.top``); ``idle`` is high while the
@@ -125,7 +127,7 @@ class HostLink(wiring.Component):
     """
 
     def __init__(self, shape, *, input_queue=0, rx_timeout=1_000_000, features=0, build_name="sim",
-                 encoder_channels=0):
+                 encoder_channels=None):
         if not isinstance(input_queue, int) or not 0 <= input_queue <= 0xFFFF:
             raise ValueError(f"input_queue = {input_queue!r} is out of range: allowed [0, 65535]")
         if not isinstance(rx_timeout, int) or not 1 <= rx_timeout <= (1 << 32) - 1:
@@ -133,6 +135,8 @@ class HostLink(wiring.Component):
         self.shape = shape
         self.input_queue = input_queue
         self.rx_timeout = rx_timeout
+        if encoder_channels is None:
+            encoder_channels = getattr(shape, "encoder_channels", 0)
         self.identify_reply = identify_payload(shape, input_queue, features=features, build_name=build_name,
                                                encoder_channels=encoder_channels)
         super().__init__({

@@ -29,9 +29,7 @@ class LinkedChip(wiring.Component):
     stop clocking), ``step`` (the chip's current step). ``input_queue`` is reported by IDENTIFY;
     by default it is the chip's ``input_queue_depth`` attribute if it has one, else 0. IDENTIFY
     also reports :data:`~neurofabric.hdl.link.LINK_FEATURE_LEARNING` when the chip's ``learning``
-    attribute is true, the chip's ``encoder_channels`` attribute (0 if it has none, with
-    :data:`~neurofabric.hdl.protocol.LINK_FEATURE_ENCODER` when non-zero), and `build_name`
-    (printable ASCII, at most 16 bytes: "sim", a board name).
+    attribute is true, and `build_name` (printable ASCII, at most 16 bytes: "sim", a board name).
     """
 
     rx: In(stream.Signature(8))
@@ -52,7 +50,7 @@ class LinkedChip(wiring.Component):
             input_queue = getattr(self.chip, "input_queue_depth", 0)
         features = LINK_FEATURE_LEARNING if getattr(self.chip, "learning", False) is True else 0
         self.link = HostLink(shape, input_queue=input_queue, rx_timeout=rx_timeout, features=features,
-                             build_name=build_name, encoder_channels=getattr(self.chip, "encoder_channels", 0))
+                             build_name=build_name)
         super().__init__()
 
     def elaborate(self, platform):
