@@ -17,7 +17,7 @@ A spike is an AXON event ``(core, axon)`` on ``events``, which the chip delivers
 the step that is starting (docs/semantics.md: after the routed spikes, before host inputs).
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal
+from amaranth.hdl import Assert, Cat, Const, Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -269,4 +269,6 @@ class InputEncoder(wiring.Component):
             m.d.sync += [read_pending.eq(0), resp_valid.eq(1)]
         with m.If(self.mem_resp.valid & self.mem_resp.ready):
             m.d.sync += resp_valid.eq(0)
+        # the chip starts no sweep while a memory request is in flight (it holds the controller)
+        m.d.comb += Assert(~(self.start & enabled & (read_pending | resp_valid)))
         return m
