@@ -28,6 +28,15 @@ chip register, as in ``ChipModel``: it is read and written here, never forwarded
 LEARNING (0 or 1) and REWARD (a sign-extended 8-bit word) wait, like core requests, until the
 chip is between steps, so a step always learns with one reward; a word out of range answers
 :data:`MEM_REFUSED` and changes nothing.
+
+Input encoder (``shape.encoder_channels > 0``, :mod:`neurofabric.hdl.encoder`): the controller's
+``starting`` pulse starts a sweep of every channel (when the encoder is enabled); its AXON events
+go to the cores' axons after the routed spikes and before the host inputs of the step (host
+inputs wait while the sweep runs), and the chip is not idle until the sweep is done, so the
+update waits for it. ``MemorySpace.ENCODER`` and the registers ``ChipRegister.ENCODER`` /
+``ENCODER_SEED`` / ``ENCODER_STEPS`` are forwarded to the encoder between steps, like
+route-table requests; on a chip without an encoder they answer :data:`MEM_REFUSED` (writes)
+and 0 (reads).
 """
 
 from amaranth.hdl import Array, Cat, Module, Mux, Signal
@@ -35,10 +44,12 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from neurofabric.hdl.controller import StepController
+from neurofabric.hdl.encoder import InputEncoder
 from neurofabric.hdl.pipeline import SkidBuffer
 from neurofabric.hdl.protocol import (
     ChipRegister,
     Counter,
+    EncoderTarget,
     Event,
     InputEvent,
     MemorySpace,
@@ -90,6 +101,8 @@ class Chip(wiring.Component):
         self.router = Router(shape, **self.router_depths, pointer_init=pointer_init, entry_init=entry_init)
         self.controller = StepController(cores=shape.cores, axons=shape.axons, queue_depth=input_queue_depth)
         self._deliver_slice = SkidBuffer(InputEvent)
+        self.encoder_channels = shape.encoder_channels
+        self.encoder = InputEncoder(shape) if shape.encoder_channels else None
         super().__init__({
             "mem": In(stream.Signature(MemRequest)),
             "mem_resp": Out(stream.Signature(32)),
@@ -123,6 +136,15 @@ class Chip(wiring.Component):
         wiring.connect(m, controller.deliver, deliver_slice.i_stream)
         deliver = deliver_slice.o_stream
         deliver_ready = Signal()
+        # the input encoder's events: after routed spikes, before host inputs (which wait)
+        encoder = self.encoder
+        encoded = stream.Signature(EncoderTarget).create()     # stays idle without an encoder
+        encoder_busy = Signal()
+        if encoder is not None:
+            m.submodules.encoder = encoder
+            m.d.comb += [encoder.start.eq(controller.starting), encoder_busy.eq(encoder.busy)]
+            encoded = encoder.events
+        encoded_ready = Signal()
         for index, core in enumerate(cores):
             wiring.connect(m, core.spike_out, router.spikes[index])
             routed = router.axons[index]
@@ -135,18 +157,26 @@ class Chip(wiring.Component):
                     core.axon_in.payload.eq(routed.payload),
                     routed.ready.eq(core.axon_in.ready),
                 ]
+            with m.Elif(encoded.valid):
+                with m.If(encoded.payload.core == index):
+                    m.d.comb += [
+                        core.axon_in.valid.eq(1),
+                        core.axon_in.payload.eq(encoded.payload.axon),
+                        encoded_ready.eq(core.axon_in.ready),
+                    ]
             with m.Else():
                 m.d.comb += [
-                    core.axon_in.valid.eq(mine),
+                    core.axon_in.valid.eq(mine & ~encoder_busy),
                     core.axon_in.payload.eq(deliver.payload.axon),
                 ]
-                with m.If(mine):
+                with m.If(mine & ~encoder_busy):
                     m.d.comb += deliver_ready.eq(core.axon_in.ready)
             m.d.comb += core.step.eq(controller.update)
-        m.d.comb += deliver.ready.eq(deliver_ready)
+        m.d.comb += [deliver.ready.eq(deliver_ready), encoded.ready.eq(encoded_ready)]
 
         cores_busy = Cat(core.busy for core in cores).any()
-        m.d.comb += controller.idle.eq(~cores_busy & ~router.busy & ~deliver.valid & ~controller.deliver.valid)
+        m.d.comb += controller.idle.eq(~cores_busy & ~router.busy & ~deliver.valid & ~controller.deliver.valid
+                                       & ~encoder_busy)
 
         # --- output: the router's host events, then the step marker ------------------------------
         with m.If(router.host.valid):
@@ -195,6 +225,9 @@ class Chip(wiring.Component):
         # STDP REWARD of any core is the chip's REWARD register (as in ChipModel)
         is_stdp_reward = (request.mem == MemorySpace.STDP) & (request.addr == StdpField.REWARD) & core_exists
         is_local = (request.mem == MemorySpace.COUNTER) | (request.mem == MemorySpace.CHIP) | is_stdp_reward
+        is_encoder = (request.mem == MemorySpace.ENCODER) | ((request.mem == MemorySpace.CHIP) & (
+            (request.addr == ChipRegister.ENCODER) | (request.addr == ChipRegister.ENCODER_SEED)
+            | (request.addr == ChipRegister.ENCODER_STEPS)))
         core_forward = Signal()         # offer `request` to core `request.core`
         core_forward_ready = Signal()
         core_relay = Signal()           # pass that core's response on
@@ -244,7 +277,13 @@ class Chip(wiring.Component):
                     m.d.sync += request.eq(self.mem.payload)
                     m.next = "DECODE"
             with m.State("DECODE"):
-                with m.If(is_local):
+                with m.If(is_encoder):
+                    if encoder is not None:
+                        m.next = "WAIT_REST"
+                    else:
+                        m.d.sync += resp_data.eq(Mux(request.write, MEM_REFUSED, 0))
+                        m.next = "RESPOND"
+                with m.Elif(is_local):
                     with m.If(request.write & writable):
                         m.next = "WAIT_REST_LOCAL"
                     with m.Elif(request.write):
@@ -277,6 +316,11 @@ class Chip(wiring.Component):
                     m.d.comb += [router.mem.valid.eq(1), router.mem.payload.eq(request)]
                     with m.If(router.mem.ready):
                         m.next = "RELAY"
+                if encoder is not None:
+                    with m.Elif(is_encoder):
+                        m.d.comb += [encoder.mem.valid.eq(1), encoder.mem.payload.eq(request)]
+                        with m.If(encoder.mem.ready):
+                            m.next = "RELAY"
                 with m.Else():
                     m.d.comb += core_forward.eq(1)
                     with m.If(core_forward_ready):
@@ -289,6 +333,13 @@ class Chip(wiring.Component):
                         self.mem_resp.payload.eq(router.mem_resp.payload),
                         router.mem_resp.ready.eq(self.mem_resp.ready),
                     ]
+                if encoder is not None:
+                    with m.Elif(is_encoder):
+                        m.d.comb += [
+                            self.mem_resp.valid.eq(encoder.mem_resp.valid),
+                            self.mem_resp.payload.eq(encoder.mem_resp.payload),
+                            encoder.mem_resp.ready.eq(self.mem_resp.ready),
+                        ]
                 with m.Else():
                     m.d.comb += [
                         core_relay.eq(1),

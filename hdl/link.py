@@ -34,8 +34,10 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from neurofabric.hdl.protocol import (
+    ENCODER_CHANNELS_MAX,
     LINK_BUILD_NAME_BYTES,
     LINK_CRC_BYTES,
+    LINK_FEATURE_ENCODER,
     LINK_HEADER_BYTES,
     LINK_INPUT_EVENT_BYTES,
     LINK_MAX_OUTPUT_EVENTS,
@@ -76,16 +78,25 @@ def check_build_name(build_name):
     return build_name
 
 
-def identify_payload(shape, input_queue, *, features=0, build_name="sim"):
+def identify_payload(shape, input_queue, *, features=0, build_name="sim", encoder_channels=0):
     """The IDENTIFY reply payload for a chip of `shape` (docs/protocol.md): `features` is a
-    bitmask (:data:`LINK_FEATURE_LEARNING`), `build_name` names the build (<= 16 ASCII bytes)."""
+    bitmask (:data:`LINK_FEATURE_LEARNING`), `build_name` names the build (<= 16 ASCII bytes),
+    `encoder_channels` the chip's input encoder channels (non-zero sets
+    :data:`LINK_FEATURE_ENCODER`)."""
     if not isinstance(features, int) or not 0 <= features <= 0xFFFF:
         raise ValueError(f"features = {features!r} is out of range: allowed [0, 65535]")
+    if not isinstance(encoder_channels, int) or not 0 <= encoder_channels <= ENCODER_CHANNELS_MAX:
+        raise ValueError(f"encoder_channels = {encoder_channels!r} is out of range: allowed "
+                         f"[0, {ENCODER_CHANNELS_MAX}]")
+    if features & LINK_FEATURE_ENCODER and not encoder_channels:
+        raise ValueError("features has LINK_FEATURE_ENCODER but encoder_channels = 0")
+    if encoder_channels:
+        features |= LINK_FEATURE_ENCODER
     name = check_build_name(build_name).encode("ascii").ljust(LINK_BUILD_NAME_BYTES, b"\0")
     fields = [
         (LINK_VERSION, 2), (shape.cores, 2), (shape.neurons, 4), (shape.axons, 4),
         (shape.lanes, 2), (shape.route_entries, 4), (input_queue, 2), (LINK_MAX_PAYLOAD, 2),
-        (features, 2),
+        (features, 2), (encoder_channels, 2),
     ]
     return b"".join(value.to_bytes(size, "little") for value, size in fields) + name
 
@@ -105,13 +116,18 @@ class HostLink(wiring.Component):
         IDENTIFY feature bits (:data:`LINK_FEATURE_LEARNING`).
     build_name : str
         The build's name reported by IDENTIFY (printable ASCII, at most 16 bytes).
+    encoder_channels : int or None
+        The chip's input encoder channels, reported by IDENTIFY (0: no encoder); None (the
+        default) takes ``shape.encoder_channels``, which is what ``neurofabric.hdl.chip.Chip``
+        builds.
 
     Ports: ``rx``/``tx`` byte streams to the host; ``mem``, ``mem_resp``, ``inject``, ``run``,
     ``out``, ``running`` to the chip (see ``neurofabric.hdl.top``); ``idle`` is high while the
     link waits for bytes (nothing to execute or send; only the receive watchdog counts).
     """
 
-    def __init__(self, shape, *, input_queue=0, rx_timeout=1_000_000, features=0, build_name="sim"):
+    def __init__(self, shape, *, input_queue=0, rx_timeout=1_000_000, features=0, build_name="sim",
+                 encoder_channels=None):
         if not isinstance(input_queue, int) or not 0 <= input_queue <= 0xFFFF:
             raise ValueError(f"input_queue = {input_queue!r} is out of range: allowed [0, 65535]")
         if not isinstance(rx_timeout, int) or not 1 <= rx_timeout <= (1 << 32) - 1:
@@ -119,7 +135,10 @@ class HostLink(wiring.Component):
         self.shape = shape
         self.input_queue = input_queue
         self.rx_timeout = rx_timeout
-        self.identify_reply = identify_payload(shape, input_queue, features=features, build_name=build_name)
+        if encoder_channels is None:
+            encoder_channels = getattr(shape, "encoder_channels", 0)
+        self.identify_reply = identify_payload(shape, input_queue, features=features, build_name=build_name,
+                                               encoder_channels=encoder_channels)
         super().__init__({
             "rx": In(stream.Signature(8)),
             "tx": Out(stream.Signature(8)),

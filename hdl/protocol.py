@@ -19,6 +19,8 @@ __all__ = [
     "ResetMode", "signed_range", "unsigned_range", "ParameterError", "ChipShape",
     "MemorySpace", "ProfileField", "StateField", "CoreRegister", "StdpField", "MemRequest",
     "Counter", "ChipRegister", "InputEvent",
+    "ENCODER_CHANNELS_MAX", "ENCODER_RATE_ONE", "ENCODER_RATE_BITS", "ENCODER_PHASE_BITS", "ENCODER_LFSR_STEPS",
+    "EncoderField", "EncoderMode", "EncoderTarget",
 ]
 
 # --- Numeric widths of the neuron datapath (docs/semantics.md) -------------------------------
@@ -40,6 +42,15 @@ LFSR_TAPS = 0xB400       #: x^16 + x^14 + x^13 + x^11 + 1, maximal length
 INDEX_BITS = 16          #: neuron or axon index inside a core
 CORE_BITS = 8            #: core index inside a chip
 CHIP_BITS = 6            #: reserved for multi-chip systems; always 0 on a single chip
+
+# --- The on-chip input encoder (docs/semantics.md, "Input encoder") ----------------------------
+ENCODER_CHANNELS_MAX = 4096     #: most encoder channels a chip can be built with
+ENCODER_PHASE_BITS = 16         #: phase accumulator: unsigned, [0, 2**16)
+ENCODER_RATE_ONE = 1 << ENCODER_PHASE_BITS  #: the rate that spikes every step
+ENCODER_RATE_BITS = ENCODER_PHASE_BITS + 1  #: rate: unsigned, [0, ENCODER_RATE_ONE]
+#: LFSR steps per Bernoulli draw: consecutive states of a shift register are correlated
+#: (neighbouring channels' spikes would be, by ~0.5), 16 steps give 16 fresh bits
+ENCODER_LFSR_STEPS = 16
 
 
 def signed_range(bits):
@@ -75,6 +86,7 @@ class ChipShape:
     axons: int = 256
     lanes: int = 8
     route_entries: int = 1024
+    encoder_channels: int = 0   #: on-chip input encoder channels (0: the chip has no encoder)
 
     def __post_init__(self):
         check_parameter("cores", self.cores, 1, 255)
@@ -82,6 +94,7 @@ class ChipShape:
         check_parameter("axons", self.axons, 1, 1 << 16)
         check_parameter("lanes", self.lanes, 1, 64)
         check_parameter("route_entries", self.route_entries, 1, 1 << 16)
+        check_parameter("encoder_channels", self.encoder_channels, 0, ENCODER_CHANNELS_MAX)
         if self.neurons % self.lanes:
             raise ParameterError(f"lanes = {self.lanes} must divide neurons = {self.neurons}")
 
@@ -143,6 +156,7 @@ class MemorySpace(enum.Enum, shape=4):
     PLASTIC = 9         #: addr = axon; data = 1 if that axon's synapses learn
     COUNTER = 10        #: chip-level, read-only; addr = Counter
     CHIP = 11           #: chip-level registers; addr = ChipRegister
+    ENCODER = 12        #: chip-level; addr = EncoderField * encoder_channels + channel
 
 
 class ProfileField(enum.Enum, shape=3):
@@ -197,6 +211,28 @@ class ChipRegister(enum.Enum, shape=4):
     STEP = 0            #: the current time step (the next to run), read-only
     LEARNING = 1        #: 1 = learning phase enabled (global)
     REWARD = 2          #: signed 8-bit third factor of STDP
+    ENCODER = 3         #: input encoder: bit 0 = enable, bit 1 = EncoderMode (chips with an encoder)
+    ENCODER_SEED = 4    #: input encoder LFSR seed, 16 bits; a write reloads the LFSR
+    ENCODER_STEPS = 5   #: 16 bits: the encoder turns itself off after this many more steps (0: never)
+
+
+class EncoderField(enum.Enum, shape=2):
+    """The three blocks of :data:`MemorySpace.ENCODER`, each ``encoder_channels`` words long."""
+    RATE = 0            #: [0, ENCODER_RATE_ONE]: phase increment, or Bernoulli threshold
+    PHASE = 1           #: [0, 2**16): the phase accumulator (advanced by the chip in PHASE mode)
+    TARGET = 2          #: EncoderTarget bits: the (core, axon) the channel's spikes go to
+
+
+class EncoderMode(enum.Enum, shape=1):
+    """How every encoder channel turns its rate into spikes (docs/semantics.md)."""
+    PHASE = 0           #: deterministic: phase += rate; spike and phase -= 2**16 when it overflows
+    BERNOULLI = 1       #: spike when the chip's LFSR, stepped 16 times per channel, is <= rate
+
+
+class EncoderTarget(data.Struct):
+    """An encoder channel's destination: axon `axon` of core `core` (bits 31..24 zero)."""
+    axon: INDEX_BITS
+    core: CORE_BITS
 
 
 class InputEvent(data.Struct):
@@ -220,14 +256,14 @@ __all__ += [
     "LINK_VERSION", "LINK_MAX_PAYLOAD", "LINK_HEADER_BYTES", "LINK_CRC_BYTES", "LINK_MEM_HEADER_BYTES",
     "LINK_INPUT_EVENT_BYTES", "LINK_EVENT_BYTES", "LINK_MAX_WRITE_WORDS", "LINK_MAX_READ_WORDS",
     "LINK_MAX_INJECT_EVENTS", "LINK_MAX_OUTPUT_EVENTS", "LINK_IDENTIFY_SHAPE_BYTES", "LINK_BUILD_NAME_BYTES", "LINK_IDENTIFY_BYTES",
-    "LINK_FEATURE_LEARNING", "LinkCommand", "LinkStatus",
+    "LINK_FEATURE_LEARNING", "LINK_FEATURE_ENCODER", "LinkCommand", "LinkStatus",
 ]
 
 # Wire format (all multi-byte fields little-endian):
 #   0x00, COBS(seq u8, command u8, payload..., CRC-32 u32 over seq..payload), 0x00
 # A reply frame echoes `seq` and carries a LinkStatus byte where the command byte was.
 
-LINK_VERSION = 2            #: identify reply `version`; bumped on any wire-format change
+LINK_VERSION = 3            #: identify reply `version`; bumped on any wire-format change
 LINK_MAX_PAYLOAD = 1024     #: largest payload (bytes) of a request or a reply frame
 LINK_HEADER_BYTES = 2       #: seq + command (or status)
 LINK_CRC_BYTES = 4          #: CRC-32 (IEEE 802.3, zlib.crc32), little-endian
@@ -242,10 +278,12 @@ LINK_MAX_READ_WORDS = LINK_MAX_PAYLOAD // 4
 LINK_MAX_INJECT_EVENTS = LINK_MAX_PAYLOAD // LINK_INPUT_EVENT_BYTES
 #: the most events one READ_OUTPUT reply carries
 LINK_MAX_OUTPUT_EVENTS = LINK_MAX_PAYLOAD // LINK_EVENT_BYTES
-LINK_IDENTIFY_SHAPE_BYTES = 24  #: identify reply: version, shape, queue, payload limit, features
+#: identify reply: version, shape, queue, payload limit, features, encoder channels
+LINK_IDENTIFY_SHAPE_BYTES = 26
 LINK_BUILD_NAME_BYTES = 16      #: identify reply: then the build name, ASCII, NUL-padded
 LINK_IDENTIFY_BYTES = LINK_IDENTIFY_SHAPE_BYTES + LINK_BUILD_NAME_BYTES   #: the whole reply payload
 LINK_FEATURE_LEARNING = 1 << 0  #: identify `features` bit: the cores learn on chip
+LINK_FEATURE_ENCODER = 1 << 1   #: identify `features` bit: the chip has an input encoder
 
 
 class LinkCommand(enum.Enum, shape=8):

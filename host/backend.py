@@ -31,6 +31,7 @@ class ChipInfo:
     input_queue: int            #: input events the chip can hold ahead of the running step
     build: str = ""             #: which build this is: "model", "sim", or a board name
     learning: bool = False      #: the cores learn on chip (STDP, ChipRegister.LEARNING/REWARD)
+    encoder_channels: int = 0   #: input encoder channels (MemorySpace.ENCODER); 0: no encoder
 
 
 class Backend(ABC):

@@ -18,6 +18,11 @@ Input events for an input population may be given as (docs/host.md, "Input event
   ``floor(t / dt)`` with the ``dt`` argument of :meth:`Chip.run` (default 1: t is in steps).
 
 Steps are relative to the start of the run. Everything is validated before any byte is sent.
+
+Or the chip makes its own input spikes (chips whose IDENTIFY reports encoder channels)::
+
+    chip.encode({inp: intensities}, mode="phase", steps=16)     # load the sample once
+    out = chip.run(steps=20)                    # the encoder drives `inp` for the first 16 steps
 """
 
 import sys
@@ -26,14 +31,24 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from neurofabric.hdl.protocol import ChipRegister, Counter, MemorySpace, StateField
+from neurofabric.hdl.protocol import (
+    LFSR_BITS,
+    ChipRegister,
+    Counter,
+    EncoderField,
+    EncoderMode,
+    MemorySpace,
+    StateField,
+)
 from neurofabric.host.backend import Backend, BackendError
-from neurofabric.host.compiler import STATE_WORDS, compile_network
+from neurofabric.host.compiler import STATE_WORDS, compile_network, encoder_layout
+from neurofabric.host.encoding import bernoulli_encoder_words, phase_encoder_words
 from neurofabric.host.network import (
     Connection,
     EventError,
     Network,
     Population,
+    RangeError,
     ShapeError,
     ValidationError,
     check_int,
@@ -214,6 +229,9 @@ class Chip:
         self.backend = backend
         self.info = backend.identify()
         self.compiled = None
+        self._encoding = None           # the encode() call to rewind to on reset_state
+        self._encoder_left = None       # steps before the encoder turns itself off (None: no limit)
+        self._encoder_words = {}        # what the chip's encoder memory and register hold, if known
 
     # --- opening ------------------------------------------------------------------------------
     @classmethod
@@ -251,6 +269,9 @@ class Chip:
                 self.backend.write(w.space, w.core, w.addr, w.words)
                 bar.update(len(w.words))
         self.compiled = compiled
+        self._encoding = self._encoder_left = None
+        if self.info.encoder_channels:
+            self._encoder_write_register(ChipRegister.ENCODER, 0)
         self._extent = {}
         for s in compiled.slices:
             self._extent[s.core] = max(self._extent.get(s.core, 0), s.offset + s.stop - s.start)
@@ -351,6 +372,7 @@ class Chip:
                 if len(piece):
                     self.backend.inject(piece)
                 raw = np.asarray(self.backend.run(end - done), dtype=np.int64).reshape(-1, 3)
+                self._encoder_ran(end - done)
                 wall = time.perf_counter() - t0
                 spikes = self._decode(raw, start + done, recorded)
                 yield RunResult(end - done, start + done, recorded, spikes, int(upto - pos), wall, raw)
@@ -381,6 +403,7 @@ class Chip:
         paused), then the state is zeroed again. The chip's step counter advances by one."""
         self._need()
         self._settle(self._extent)
+        self._encoder_rewind()
 
     def _settle(self, extent):
         """Make the neurons in `extent` ({core: neuron count}) refractory with zero state, run one
@@ -390,6 +413,11 @@ class Chip:
             self.backend.read(MemorySpace.CHIP, 0, ChipRegister.LEARNING.value, 1)[0])
         if learning:
             self.backend.write(MemorySpace.CHIP, 0, ChipRegister.LEARNING.value, [0])
+        register = self._encoder_words.get("encoder")
+        if register is None and self.info.encoder_channels:
+            register = 1                                    # unknown: make sure it is off
+        if register is not None and register & 1:           # no encoder input in the settling step
+            self._encoder_write_register(ChipRegister.ENCODER, register & ~1)
         for core, n in extent.items():
             words = np.zeros(STATE_WORDS * n, dtype=np.int64)
             words[StateField.REFRACTORY.value::STATE_WORDS] = 1
@@ -403,6 +431,121 @@ class Chip:
         if learning:
             self.backend.write(MemorySpace.CHIP, 0, ChipRegister.LEARNING.value, [1])
         self._step += 1
+
+    # --- the on-chip input encoder --------------------------------------------------------------
+    def encode(self, inputs, mode="phase", phase=0.5, levels=256, seed=1, steps=None):
+        """Load input intensities into the chip's input encoder (docs/host.md, "On-chip input
+        encoder"): from the next :meth:`run` on, the chip makes the input spikes of these
+        populations itself, in every step, or in the first `steps` steps run (then it stops),
+        in addition to any events given to :meth:`run` (the chip counts the steps and turns the
+        encoder off itself, ``ChipRegister.ENCODER_STEPS``). :meth:`reset_state` rewinds the
+        encoder to this call (phases, LFSR seed, `steps`); :meth:`load` and
+        :meth:`stop_encoding` stop it.
+
+        `inputs`: {input population (or its name): intensities}, one number in [0, 1] per input
+        neuron; `steps`: None (no limit) or 1..65535. `mode`: ``"phase"``, the deterministic phase accumulator, which gives exactly
+        the spikes of ``rate_encode(x, T, levels, phase)`` (`levels` a power of two); or
+        ``"bernoulli"``, a spike with probability x in every step from the chip's LFSR seeded
+        with `seed` (16-bit). Each input neuron uses one encoder channel per core it feeds.
+        Everything is validated before any byte is sent. Returns the number of channels used."""
+        compiled = self._need()
+        channels = self.info.encoder_channels
+        if not channels:
+            raise ValidationError("this chip has no input encoder (IDENTIFY reports encoder_channels = 0); "
+                                  "give input events to Chip.run instead", "encoder_channels", 0, (1, None))
+        if mode not in ("phase", "bernoulli"):
+            raise ValidationError(f"mode = {mode!r} is not an encoder mode: allowed 'phase', 'bernoulli'",
+                                  "mode", mode, ("phase", "bernoulli"))
+        if not isinstance(inputs, dict) or not inputs:
+            raise ValidationError(f"inputs must be a non-empty dict {{input population: intensities}}, not "
+                                  f"{inputs!r}", "inputs", inputs)
+        seed = check_int("seed", seed, 0, (1 << LFSR_BITS) - 1)
+        if steps is not None:
+            steps = check_int("steps", steps, 1, (1 << 16) - 1)
+        values = {}
+        for pop, x in inputs.items():
+            if isinstance(pop, str):
+                pop = next((p for p in compiled.network.populations if p.name == pop), pop)
+            if not isinstance(pop, Population) or pop not in compiled.input_axons:
+                raise ValidationError(f"inputs key {pop!r} is not an input population of the loaded network",
+                                      "inputs", pop)
+            if pop in values:
+                raise ValidationError(f"inputs names {pop!r} twice", "inputs", pop)
+            values[pop] = _intensities(x, pop)
+        if mode == "phase":
+            words = {p: phase_encoder_words(x, levels, phase) for p, x in values.items()}
+        else:
+            words = {p: (bernoulli_encoder_words(x), np.zeros(p.size, dtype=np.int64)) for p, x in values.items()}
+        layout = encoder_layout(compiled, list(values), channels)
+        rates = layout.spread({p: w[0] for p, w in words.items()})
+        phases = layout.spread({p: w[1] for p, w in words.items()})
+        targets = layout.targets[:, 1] | layout.targets[:, 0] << 16
+        encoder_mode = EncoderMode.PHASE if mode == "phase" else EncoderMode.BERNOULLI
+        # rates of channels a previous encoding used, and this one does not, go to 0
+        rates = np.concatenate([rates, np.zeros(max(0, self._encoder_words.get("rate_span", channels)
+                                                    - len(rates)), dtype=np.int64)])
+        self._encoder_write(EncoderField.TARGET, targets)
+        self._encoder_write(EncoderField.RATE, rates)
+        self._encoder_words["rate_span"] = layout.channels
+        if encoder_mode is EncoderMode.PHASE:
+            self._encoder_write(EncoderField.PHASE, phases)
+        else:
+            self.backend.write(MemorySpace.CHIP, 0, ChipRegister.ENCODER_SEED.value, [seed])
+        self._encoder_write_register(ChipRegister.ENCODER_STEPS, steps or 0)
+        self._encoder_write_register(ChipRegister.ENCODER, 1 | encoder_mode.value << 1)
+        self._encoding = {"mode": encoder_mode, "phases": phases, "seed": seed, "steps": steps}
+        self._encoder_left = steps
+        return layout.channels
+
+    def stop_encoding(self):
+        """Stop the input encoder (its channels keep their words)."""
+        if self.info.encoder_channels:
+            self._encoder_write_register(ChipRegister.ENCODER, (self._encoder_words.get("encoder") or 0) & ~1)
+        self._encoding = self._encoder_left = None
+
+    def _encoder_write(self, field_, words):
+        """Write one block of the encoder memory from channel 0, unless the chip holds it already."""
+        key = field_.name.lower()
+        held = self._encoder_words.get(key)
+        if held is not None and len(held) >= len(words) and np.array_equal(held[:len(words)], words):
+            return
+        self._encoder_words[key] = None                 # unknown if the write fails half-way
+        self.backend.write(MemorySpace.ENCODER, 0, field_.value * self.info.encoder_channels, words)
+        self._encoder_words[key] = np.array(words, dtype=np.int64)
+
+    def _encoder_write_register(self, register, word):
+        """Write ChipRegister.ENCODER or ENCODER_STEPS unless the chip holds `word` already."""
+        key = register.name.lower()
+        if self._encoder_words.get(key) != word:
+            self._encoder_words[key] = None
+            self.backend.write(MemorySpace.CHIP, 0, register.value, [word])
+            self._encoder_words[key] = word
+
+    def _encoder_ran(self, steps):
+        """Book-keeping after `steps` steps ran: the phases moved, and the chip counted its
+        encoder steps down (turning the encoder off at 0)."""
+        register = self._encoder_words.get("encoder")
+        if register is None or register & 1:
+            self._encoder_words["phase"] = None
+        if self._encoder_left is not None and register is not None and register & 1:
+            self._encoder_left = max(0, self._encoder_left - steps)
+            self._encoder_words["encoder_steps"] = self._encoder_left
+            if self._encoder_left == 0:
+                self._encoder_words["encoder"] = register & ~1
+                self._encoder_left = None
+
+    def _encoder_rewind(self):
+        """Back to the state right after the last encode() (after reset_state)."""
+        e = self._encoding
+        if e is None:
+            return
+        if e["mode"] is EncoderMode.PHASE:
+            self._encoder_write(EncoderField.PHASE, e["phases"])
+        else:
+            self.backend.write(MemorySpace.CHIP, 0, ChipRegister.ENCODER_SEED.value, [e["seed"]])
+        self._encoder_write_register(ChipRegister.ENCODER_STEPS, e["steps"] or 0)
+        self._encoder_write_register(ChipRegister.ENCODER, 1 | e["mode"].value << 1)
+        self._encoder_left = e["steps"]
 
     # --- reading back -------------------------------------------------------------------------
     def read_weights(self, connection, raw=False):
@@ -465,6 +608,26 @@ class Chip:
         """The chip's event counters as {name: value} (32-bit, wrapping)."""
         words = self.backend.read(MemorySpace.COUNTER, 0, 0, len(Counter))
         return {c.name.lower(): int(words[c.value]) for c in Counter}
+
+
+def _intensities(x, pop):
+    """One population's encoder intensities as float64, validated: shape (pop.size,), finite,
+    in [0, 1]."""
+    name = f"inputs[{pop.name!r}]"
+    array = np.asarray(x)
+    if array.dtype.kind not in "iubf":
+        raise ShapeError(f"{name} must hold numbers in [0, 1], got dtype {array.dtype}", name, array.dtype)
+    if array.shape != (pop.size,):
+        raise ShapeError(f"{name} has shape {array.shape}, expected ({pop.size},): one intensity per input "
+                         "neuron", name, array.shape, (pop.size,))
+    array = array.astype(np.float64)
+    if not np.all(np.isfinite(array)):
+        raise RangeError(f"{name} contains NaN or infinity; allowed [0, 1]", name, None, (0, 1))
+    bad = (array < 0) | (array > 1)
+    if np.any(bad):
+        raise RangeError(f"{name} contains {array[bad][0]}, out of range: allowed [0, 1]", name,
+                         float(array[bad][0]), (0, 1))
+    return array
 
 
 def _merge(results, steps):

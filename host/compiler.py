@@ -47,7 +47,7 @@ from neurofabric.host.network import (
 )
 
 __all__ = ["MemoryWrite", "ConnectionReport", "Slice", "CompiledNetwork", "compile_network",
-           "pack_route_entry", "pack_route_pointer", "profile_words"]
+           "pack_route_entry", "pack_route_pointer", "profile_words", "EncoderLayout", "encoder_layout"]
 
 STATE_WORDS = 4     # StateField members per neuron
 PROFILE_WORDS = 8   # ProfileField members per profile
@@ -163,6 +163,44 @@ class CompiledNetwork:
             lines.append(f"  {c.pre.name} -> {c.post.name}: weight_exp {list(r.weight_exp)} (scale {r.scale:g}), "
                          f"clipped {r.clipped}, zeroed {r.zeroed}, max error {r.max_error:.3g}")
         return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class EncoderLayout:
+    """Input encoder channels for some input populations of a compiled network: one channel per
+    (input neuron, target core), since an input feeding several cores is an event to each.
+    Channels are numbered population by population (in the order given), target core by target
+    core (as ``CompiledNetwork.input_axons`` lists them), input neuron by input neuron."""
+    populations: tuple              #: the input populations, in channel order
+    blocks: tuple                   #: per target block: (population, core, axon base, first channel)
+    targets: np.ndarray             #: (channels, 2) int64: (core, axon) of each channel
+
+    @property
+    def channels(self):
+        return len(self.targets)
+
+    def spread(self, values):
+        """Per-channel words from per-population arrays ``{population: (size,) array}``."""
+        parts = [np.asarray(values[p], dtype=np.int64) for p, _, _, _ in self.blocks]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def encoder_layout(compiled, populations, channels_available):
+    """The :class:`EncoderLayout` of `populations` (input populations of `compiled`) on a chip
+    with `channels_available` encoder channels; :class:`CapacityError` if they need more."""
+    blocks, targets, first = [], [], 0
+    for pop in populations:
+        if pop not in compiled.input_axons:
+            raise ValidationError(f"{pop!r} is not an input population of the loaded network", "inputs", pop)
+        for core, base in compiled.input_axons[pop]:
+            blocks.append((pop, core, base, first))
+            targets.extend((core, base + i) for i in range(pop.size))
+            first += pop.size
+    if first > channels_available:
+        raise CapacityError(f"encoder channels: {first} needed (one per input neuron and target core), "
+                            f"the chip has {channels_available}: allowed [0, {channels_available}]",
+                            "encoder_channels", first, (0, channels_available))
+    return EncoderLayout(tuple(populations), tuple(blocks), np.array(targets, dtype=np.int64).reshape(-1, 2))
 
 
 def _place(network, info):

@@ -5,8 +5,9 @@ Steps: load_digits (1797 samples, pixel values / 16), 70/30 split with random_st
 ReLU MLP 64-`hidden`-10 (scikit-learn MLPClassifier, biases folded into the chip's neuron bias);
 choose the normalisation percentile on a validation part of the *training* data (float IF
 simulation); convert (:mod:`neurofabric.host.convert`); load on the chip; rate-encode each test
-image over `steps` steps with the deterministic phase accumulator; classify by output spike
-count (ties broken by the residual membrane potential); report accuracy, wall time, synaptic
+image over `steps` steps with the deterministic phase accumulator (on chips with an input encoder,
+the chip does it: each image is loaded once as 64 intensities, :meth:`Chip.encode`; otherwise
+the host streams the spike raster); classify by output spike count (ties broken by the residual membrane potential); report accuracy, wall time, synaptic
 events per second and, on a non-model device, whether every spike matched the bit-exact model.
 Saves ``raster.png`` (one sample), ``confusion.png`` and ``summary.json`` into `out_dir`.
 """
@@ -30,9 +31,9 @@ PERCENTILES = (99.0, 99.5, 99.9, 99.99, 100.0)
 
 def sim_shape():
     """The chip shape the demo asks the Verilator sim device for: one core big enough for
-    64 inputs + 128 hidden axons and 138 neurons."""
+    64 inputs + 128 hidden axons and 138 neurons, and an input encoder channel per input pixel."""
     from neurofabric.host.model import ChipShape
-    return ChipShape(cores=1, neurons=256, axons=256, lanes=8, route_entries=512)
+    return ChipShape(cores=1, neurons=256, axons=256, lanes=8, route_entries=512, encoder_channels=64)
 
 
 def load_data(seed=0):
@@ -67,9 +68,19 @@ def train_mlp(x, y, hidden=128, seed=0):
     return _TRAINED[key]
 
 
-def classify(chip, converted, x, steps, progress=None, reference=None, on_sample=None):
+def uses_encoder(chip, converted):
+    """Whether the demo can load samples into `chip`'s input encoder (enough channels for the
+    input population's targets)."""
+    needed = converted.input.size * len(chip.compiled.input_axons[converted.input])
+    return 0 < needed <= chip.info.encoder_channels
+
+
+def classify(chip, converted, x, steps, progress=None, reference=None, on_sample=None, encoder=None):
     """Classify every row of `x` on `chip` (loaded with `converted.network`). Each sample runs
-    ``steps + latency`` steps, then :meth:`Chip.reset_state`. Returns a dict with the predictions
+    ``steps + latency`` steps, then :meth:`Chip.reset_state`. The input is the phase code of
+    :func:`rate_encode`: made on chip by the input encoder when `encoder` is true (default: when
+    the chip has enough channels; the reference then uses its encoder too), else streamed as
+    events. Returns a dict with the predictions
     (count readout and tie-broken readout), the output counts, the wall time spent in the chip,
     the synaptic events (input events and spikes of the recorded hidden layers, times their
     fan-out) and, if `reference` (another loaded Chip) is given, the samples whose
@@ -84,10 +95,20 @@ def classify(chip, converted, x, steps, progress=None, reference=None, on_sample
     counts = np.zeros((n, out_pop.size), dtype=np.int64)
     mismatches, synaptic_events, wall = [], 0, 0.0
     fanout = {c.pre: c.post.size for c in converted.connections}
+    encoder = uses_encoder(chip, converted) if encoder is None else bool(encoder)
+    if encoder and reference is not None and not uses_encoder(reference, converted):
+        raise ValueError("the reference chip has too few encoder channels for the demo's input")
+
+    def run(target, i):
+        if encoder:
+            target.encode({converted.input: x[i]}, mode="phase", steps=steps)
+            return target.run(steps=run_steps)
+        return target.run({converted.input: spikes[i]}, steps=run_steps)
+
     with Progress(n, f"classify ({chip.info.build})", progress) as bar:
         for i in range(n):
             t0 = time.perf_counter()
-            result = chip.run({converted.input: spikes[i]}, steps=run_steps)
+            result = run(chip, i)
             v = chip.read_state(out_pop)["v"]
             chip.reset_state()
             wall += time.perf_counter() - t0
@@ -100,7 +121,7 @@ def classify(chip, converted, x, steps, progress=None, reference=None, on_sample
                 if pop in result.recorded:      # hidden layers not routed to the host are not counted
                     synaptic_events += len(result.spikes(pop)) * fanout[pop]
             if reference is not None:
-                ref = reference.run({converted.input: spikes[i]}, steps=run_steps)
+                ref = run(reference, i)
                 reference.reset_state()
                 if not np.array_equal(ref.raw[:, 1:], result.raw[:, 1:]) or not np.array_equal(
                         ref.raw[:, 0] - ref.start, result.raw[:, 0] - result.start):
@@ -108,8 +129,12 @@ def classify(chip, converted, x, steps, progress=None, reference=None, on_sample
             if on_sample is not None:
                 on_sample(i, result)
             bar.update(1)
+    if encoder:
+        for target in (chip, reference):
+            if target is not None:
+                target.stop_encoding()
     return {"pred": pred, "pred_count": pred_count, "counts": counts, "wall": wall,
-            "synaptic_events": synaptic_events, "mismatches": mismatches}
+            "synaptic_events": synaptic_events, "mismatches": mismatches, "encoder": encoder}
 
 
 def _plots(out_dir, converted, result, steps, y_true, y_pred, input_raster):
@@ -155,9 +180,10 @@ def _plots(out_dir, converted, result, steps, y_true, y_pred, input_raster):
 
 
 def run_demo(device="sim", steps=16, hidden=128, out_dir="build/demo", limit=None, compare=True,
-             progress=None, log=None, seed=0, device_options=None, percentile=None):
+             progress=None, log=None, seed=0, device_options=None, percentile=None, encoder=None):
     """Run the whole demo; returns the summary dict (also written to ``summary.json``).
-    `percentile`: the normalisation percentile, or None to choose it on validation data."""
+    `percentile`: the normalisation percentile, or None to choose it on validation data;
+    `encoder`: load samples into the chip's input encoder (None: if the chip has one)."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -192,11 +218,12 @@ def run_demo(device="sim", steps=16, hidden=128, out_dir="build/demo", limit=Non
             s = chip.info
             from neurofabric.host.model import ChipShape
             reference = Chip(ModelBackend(ChipShape(cores=s.cores, neurons=s.neurons, axons=s.axons,
-                                                    lanes=s.lanes, route_entries=s.route_entries)))
+                                                    lanes=s.lanes, route_entries=s.route_entries,
+                                                    encoder_channels=s.encoder_channels)))
             reference.load(converted.network, record=list(converted.layers))
         first = {}
         result = classify(chip, converted, x_test, steps, progress=progress, reference=reference,
-                          on_sample=lambda i, r: first.setdefault("r", r) if i == 0 else None)
+                          on_sample=lambda i, r: first.setdefault("r", r) if i == 0 else None, encoder=encoder)
         stats = chip.stats()
         build = chip.info.build
     finally:
@@ -209,6 +236,7 @@ def run_demo(device="sim", steps=16, hidden=128, out_dir="build/demo", limit=Non
     matrix = _plots(out_dir, converted, first["r"], steps, y_test, result["pred"], rate_encode(x_test[0], steps))
     summary = {
         "device": device, "build": build, "steps": steps, "hidden": hidden, "samples": int(len(y_test)),
+        "input": "on-chip encoder" if result["encoder"] else "host spike events",
         "percentile": percentile, "float_accuracy": float_acc,
         "accuracy": acc, "accuracy_count_only": acc_count,
         "chip_wall_s": result["wall"], "total_wall_s": time.perf_counter() - t_start,
@@ -230,7 +258,8 @@ def run_demo(device="sim", steps=16, hidden=128, out_dir="build/demo", limit=Non
 
 def format_summary(s):
     lines = [
-        f"device {s['device']} ({s['build']}), {s['samples']} test samples, T = {s['steps']} steps",
+        f"device {s['device']} ({s['build']}), {s['samples']} test samples, T = {s['steps']} steps, "
+        f"input by {s['input']}",
         f"accuracy {s['accuracy']:.4f} (spike count with membrane tie-break); "
         f"{s['accuracy_count_only']:.4f} (spike count, ties to the lowest class); float MLP {s['float_accuracy']:.4f}",
         f"chip time {s['chip_wall_s']:.2f} s, {s['synaptic_events']} synaptic events, "

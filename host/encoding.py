@@ -9,13 +9,21 @@
 
 Both take an array of shape (..., channels) of intensities in [0, 1] and return a bool raster of
 shape (..., steps, channels), usable as Chip.run input events.
+
+The chip's own input encoder (:meth:`Chip.encode`, docs/semantics.md "Input encoder") runs the
+same two codes on chip from 16-bit words: :func:`phase_encoder_words` gives the PHASE-mode
+words that reproduce :func:`rate_encode` exactly (same quantisation, accumulator scaled by
+``65536 / levels``); :func:`bernoulli_encoder_words` the BERNOULLI-mode rates (probability
+``rate / 65535`` per step, from the chip's LFSR, not numpy's generator).
 """
 
 import numpy as np
 
+from neurofabric.hdl.protocol import ENCODER_RATE_ONE
 from neurofabric.host.network import RangeError, check_int
 
-__all__ = ["rate_encode", "bernoulli_encode", "raster_to_pairs"]
+__all__ = ["rate_encode", "bernoulli_encode", "raster_to_pairs", "phase_encoder_words",
+           "bernoulli_encoder_words"]
 
 
 def _intensities(x):
@@ -28,16 +36,23 @@ def _intensities(x):
     return x
 
 
+def _phase_levels(x, levels, phase):
+    """The phase code's quantisation: (level per channel, the accumulators' start), both in
+    units of 1 / `levels`."""
+    levels = check_int("levels", levels, 1, 1 << 16)
+    if isinstance(phase, bool) or not isinstance(phase, (int, float, np.integer, np.floating)) \
+            or not 0 <= phase < 1:
+        raise RangeError(f"phase = {phase!r} is out of range: allowed [0, 1)", "phase", phase, (0, 1))
+    return np.round(_intensities(x) * levels).astype(np.int64), int(phase * levels)
+
+
 def rate_encode(x, steps, levels=256, phase=0.5):
     """Deterministic phase-accumulator rate code. `levels`: intensity resolution (x is rounded
     to ``round(x * levels)``; a level of `levels` spikes every step); `phase`: the accumulator's
     start as a fraction of `levels` (0.5 rounds the spike count to nearest)."""
     steps = check_int("steps", steps, 1, 1 << 24)
-    levels = check_int("levels", levels, 1, 1 << 16)
-    if not 0 <= phase < 1:
-        raise RangeError(f"phase = {phase} is out of range: allowed [0, 1)", "phase", phase, (0, 1))
-    level = np.round(_intensities(x) * levels).astype(np.int64)
-    acc = np.full(level.shape, int(phase * levels), dtype=np.int64)
+    level, start = _phase_levels(x, levels, phase)
+    acc = np.full(level.shape, start, dtype=np.int64)
     out = np.zeros(level.shape[:-1] + (steps, level.shape[-1]), dtype=bool)
     for t in range(steps):
         acc += level
@@ -45,6 +60,25 @@ def rate_encode(x, steps, levels=256, phase=0.5):
         acc -= np.where(fired, levels, 0)
         out[..., t, :] = fired
     return out
+
+
+def phase_encoder_words(x, levels=256, phase=0.5):
+    """The chip's PHASE-mode (rate, phase) words for intensities `x`: the quantisation of
+    :func:`rate_encode` scaled to 16 bits, so the chip spikes exactly as ``rate_encode(x,
+    steps, levels, phase)`` does. `levels` must be a power of two (it divides 65536)."""
+    levels = check_int("levels", levels, 1, ENCODER_RATE_ONE)
+    if levels & (levels - 1):
+        raise RangeError(f"levels = {levels} must be a power of two in [1, {ENCODER_RATE_ONE}] for the "
+                         "chip's encoder", "levels", levels, (1, ENCODER_RATE_ONE))
+    level, start = _phase_levels(x, levels, phase)
+    scale = ENCODER_RATE_ONE // levels
+    return level * scale, np.full(level.shape, start * scale, dtype=np.int64)
+
+
+def bernoulli_encoder_words(x):
+    """The chip's BERNOULLI-mode rate words for intensities `x`: ``round(x * 65535)`` (a spike
+    when a draw in [1, 65535] is <= rate: probability rate / 65535, 1 for x = 1)."""
+    return np.round(_intensities(x) * (ENCODER_RATE_ONE - 1)).astype(np.int64)
 
 
 def bernoulli_encode(x, steps, seed=0):

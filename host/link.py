@@ -25,6 +25,7 @@ from neurofabric.hdl.protocol import (
     INDEX_BITS,
     LINK_CRC_BYTES,
     LINK_EVENT_BYTES,
+    LINK_FEATURE_ENCODER,
     LINK_FEATURE_LEARNING,
     LINK_HEADER_BYTES,
     LINK_IDENTIFY_BYTES,
@@ -278,7 +279,8 @@ def parse_identify(payload, build=None):
         raise LinkError(f"IDENTIFY reply has {len(payload)} bytes, expected {LINK_IDENTIFY_BYTES}")
     fields = np.frombuffer(payload[:LINK_IDENTIFY_SHAPE_BYTES], dtype=[
         ("version", "<u2"), ("cores", "<u2"), ("neurons", "<u4"), ("axons", "<u4"), ("lanes", "<u2"),
-        ("route_entries", "<u4"), ("input_queue", "<u2"), ("max_payload", "<u2"), ("features", "<u2")])[0]
+        ("route_entries", "<u4"), ("input_queue", "<u2"), ("max_payload", "<u2"), ("features", "<u2"),
+        ("encoder_channels", "<u2")])[0]
     name = bytes(payload[LINK_IDENTIFY_SHAPE_BYTES:]).rstrip(b"\0")
     if not (name.isascii() and name.decode("ascii").isprintable() and b"\0" not in name):
         raise LinkError(f"IDENTIFY build name {name!r} is not printable ASCII")
@@ -287,7 +289,9 @@ def parse_identify(payload, build=None):
                     lanes=int(fields["lanes"]), route_entries=int(fields["route_entries"]),
                     input_queue=int(fields["input_queue"]),
                     build=name.decode("ascii") if build is None else build,
-                    learning=bool(int(fields["features"]) & LINK_FEATURE_LEARNING))
+                    learning=bool(int(fields["features"]) & LINK_FEATURE_LEARNING),
+                    encoder_channels=int(fields["encoder_channels"])
+                    if int(fields["features"]) & LINK_FEATURE_ENCODER else 0)
     return info, int(fields["max_payload"])
 
 

@@ -11,9 +11,11 @@ Layout of the model mirrors the chip's memories, one set per core:
 - state ``u, v, refractory, theta`` per neuron, ``acc`` (this step's input) per neuron
 - STDP: ``pre_trace[a]``, ``post_trace[n]``, ``plastic[a]``, :class:`StdpConfig`, one LFSR per lane
 - routes: per source neuron a list of :class:`Route` (to a core's axon, or to the host)
+- the input encoder (chips built with ``encoder_channels > 0``): per channel a rate, a phase
+  accumulator and a target (core, axon); a chip-wide enable, mode and LFSR
 
-A time step (design.md section 4): (1) integrate every event addressed to this step (host input
-and spikes routed from the previous step); (2) update every neuron; (3) learn; (4) route this
+A time step (design.md section 4): (1) integrate every event addressed to this step (spikes
+routed from the previous step, the input encoder's spikes, host input); (2) update every neuron; (3) learn; (4) route this
 step's spikes (to axons for the next step, and to the host output).
 """
 
@@ -25,6 +27,8 @@ from neurofabric.hdl.protocol import (
     ACC_BITS,
     DECAY_BITS,
     DECAY_ONE,
+    ENCODER_LFSR_STEPS,
+    ENCODER_RATE_ONE,
     LFSR_BITS,
     LFSR_TAPS,
     PROFILE_COUNT,
@@ -38,6 +42,8 @@ from neurofabric.hdl.protocol import (
     ChipShape,
     CoreRegister,
     Counter,
+    EncoderField,
+    EncoderMode,
     MemorySpace,
     ParameterError,
     ProfileField,
@@ -51,7 +57,8 @@ from neurofabric.hdl.protocol import (
 
 __all__ = [
     "ChipShape", "NeuronProfile", "StdpConfig", "Route", "ChipModel", "ModelError",
-    "saturate", "decay", "lfsr_next", "lfsr_seed", "lfsr_draws",
+    "saturate", "decay", "lfsr_next", "lfsr_seed", "lfsr_draws", "encoder_lfsr_seed", "encoder_draws",
+    "encoder_spikes",
 ]
 
 STATE_MIN, STATE_MAX = signed_range(STATE_BITS)
@@ -164,6 +171,33 @@ def lfsr_seed(seed, lane):
     return state or 1
 
 
+def encoder_lfsr_seed(seed):
+    """The input encoder's LFSR state after its seed register is written: `seed` (1 if 0)."""
+    return (seed & ((1 << LFSR_BITS) - 1)) or 1
+
+
+def encoder_draws(lfsr, count):
+    """The encoder's next `count` Bernoulli draws from LFSR state `lfsr` and the state after
+    them: each draw is the state after :data:`ENCODER_LFSR_STEPS` more LFSR steps."""
+    states, lfsr = lfsr_draws(int(lfsr), count * ENCODER_LFSR_STEPS)
+    return states[ENCODER_LFSR_STEPS - 1::ENCODER_LFSR_STEPS], lfsr
+
+
+def encoder_spikes(mode, rate, phase, lfsr):
+    """One step of the input encoder for every channel, in channel order: returns (fired,
+    new phase, new LFSR state). PHASE: ``phase += rate``, a spike when that reaches 2**16,
+    which is then subtracted. BERNOULLI: every channel (whatever its rate) takes the next draw
+    of :func:`encoder_draws`; channel c spikes when its draw is <= ``rate[c]``."""
+    rate = np.asarray(rate, dtype=np.int64)
+    phase = np.asarray(phase, dtype=np.int64)
+    if mode is EncoderMode.PHASE:
+        total = phase + rate
+        fired = total >= ENCODER_RATE_ONE
+        return fired, total - np.where(fired, ENCODER_RATE_ONE, 0), int(lfsr)
+    draws, lfsr = encoder_draws(lfsr, len(rate))
+    return draws <= rate, phase.copy(), lfsr
+
+
 @dataclass(frozen=True)
 class NeuronProfile:
     """Parameters shared by the neurons that select this profile (docs/semantics.md)."""
@@ -265,6 +299,17 @@ class ChipModel:
         self._inputs = {}           # step -> list of (core, axon) injected by the host
         self.counters = {c: 0 for c in Counter}
         self._profile_cache = {}
+        # the input encoder: channel memory and chip registers (docs/semantics.md, "Input encoder")
+        e = shape.encoder_channels
+        self.encoder_rate = np.zeros(e, dtype=np.int64)
+        self.encoder_phase = np.zeros(e, dtype=np.int64)
+        self.encoder_core = np.zeros(e, dtype=np.int64)
+        self.encoder_axon = np.zeros(e, dtype=np.int64)
+        self.encoder_enabled = False
+        self.encoder_mode = EncoderMode.PHASE
+        self.encoder_seed = 1
+        self.encoder_lfsr = encoder_lfsr_seed(1)
+        self.encoder_steps = 0      # steps left before the encoder turns itself off (0: no limit)
 
     def _fresh_core(self):
         s = self.shape
@@ -358,6 +403,43 @@ class ChipModel:
         base, count = int(self.route_base[source]), int(self.route_count[source])
         return [self.route_entries[i % self.shape.route_entries] for i in range(base, base + count)]
 
+    def set_encoder(self, rates=None, phases=None, targets=None, *, mode=None, enabled=None, seed=None,
+                    steps=None):
+        """Configure the input encoder through its memory map: per-channel `rates`, `phases`,
+        `targets` ((core, axon) pairs), all of length ``shape.encoder_channels``; the chip-wide
+        `mode` (:class:`EncoderMode`), `enabled`, LFSR `seed` and `steps` (it turns itself off
+        after that many steps; 0: no limit). None leaves a part unchanged; every part is
+        validated before anything changes."""
+        e = self.shape.encoder_channels
+        writes = []
+        if rates is not None:
+            writes.append((EncoderField.RATE.value * e, check_array("rates", rates, (e,), 0, ENCODER_RATE_ONE)))
+        if phases is not None:
+            writes.append((EncoderField.PHASE.value * e,
+                           check_array("phases", phases, (e,), 0, ENCODER_RATE_ONE - 1)))
+        if targets is not None:
+            t = check_array("targets", targets, (e, 2), 0, (1 << 16) - 1)
+            check_array("target cores", t[:, 0], (e,), 0, self.shape.cores - 1)
+            check_array("target axons", t[:, 1], (e,), 0, self.shape.axons - 1)
+            writes.append((EncoderField.TARGET.value * e, t[:, 1] | t[:, 0] << 16))
+        registers = {}
+        if mode is not None or enabled is not None:
+            if mode is not None and not isinstance(mode, EncoderMode):
+                raise ModelError(f"mode must be an EncoderMode, not {mode!r}")
+            mode = self.encoder_mode if mode is None else mode
+            enabled = self.encoder_enabled if enabled is None else bool(enabled)
+            registers[ChipRegister.ENCODER.value] = int(enabled) | mode.value << 1
+        if seed is not None:
+            registers[ChipRegister.ENCODER_SEED.value] = check_int("seed", seed, 0, (1 << LFSR_BITS) - 1)
+        if steps is not None:
+            registers[ChipRegister.ENCODER_STEPS.value] = check_int("steps", steps, 0, (1 << 16) - 1)
+        if registers and not e:
+            raise ModelError("this chip has no input encoder (encoder_channels = 0)")
+        for addr, words in writes:
+            self.write_words(MemorySpace.ENCODER, 0, addr, words)
+        for addr, word in registers.items():
+            self.write_words(MemorySpace.CHIP, 0, addr, [word])
+
     def set_reward(self, reward):
         """The third factor multiplying every STDP update (signed 8-bit; 1 = plain STDP)."""
         self.reward = check_int("reward", reward, -128, 127)
@@ -372,7 +454,9 @@ class ChipModel:
         return self._core(core).weights.copy()
 
     def reset_state(self):
-        """Zero the neuron state, traces, queued events and the step counter; keep configuration."""
+        """Zero the neuron state, traces, queued events and the step counter; keep configuration.
+        The input encoder keeps its channels (phases included: the host rewrites them) and its
+        LFSR is reloaded from its seed."""
         for s in self.cores:
             for name in ("u", "v", "refractory", "theta", "acc", "post_trace"):
                 getattr(s, name)[:] = 0
@@ -381,6 +465,7 @@ class ChipModel:
             s.lfsr = [lfsr_seed(s.stdp.seed, lane) for lane in range(self.shape.lanes)]
         self._pending, self._inputs = [], {}
         self.step_count = 0
+        self.encoder_lfsr = encoder_lfsr_seed(self.encoder_seed)
 
     # --- the memory map (hdl/protocol.py MemorySpace; docs/protocol.md) ----------------------
     def _address(self, space, core, addr, count):
@@ -395,6 +480,7 @@ class ChipModel:
             MemorySpace.ROUTE_ENTRY: s.route_entries, MemorySpace.STDP: len(StdpField),
             MemorySpace.TRACE: s.axons + s.neurons, MemorySpace.PLASTIC: s.axons,
             MemorySpace.COUNTER: len(Counter), MemorySpace.CHIP: len(ChipRegister),
+            MemorySpace.ENCODER: len(EncoderField) * s.encoder_channels,
         }
         check_int("core", core, 0, s.cores - 1)
         size = sizes[space]
@@ -427,13 +513,18 @@ class ChipModel:
         return (c.weights.copy(), c.bias.copy(), c.profile.copy(), list(c.profiles), c.u.copy(), c.v.copy(),
                 c.refractory.copy(), c.theta.copy(), c.weight_exp, c.learning, c.stdp, list(c.lfsr),
                 c.pre_trace.copy(), c.post_trace.copy(), c.plastic.copy(), self.route_base.copy(),
-                self.route_count.copy(), list(self.route_entries), self.learning, self.reward)
+                self.route_count.copy(), list(self.route_entries), self.learning, self.reward,
+                self.encoder_rate.copy(), self.encoder_phase.copy(), self.encoder_core.copy(),
+                self.encoder_axon.copy(), self.encoder_enabled, self.encoder_mode, self.encoder_seed,
+                self.encoder_lfsr, self.encoder_steps)
 
     def _restore(self, space, core, snap):
         c = self.cores[core]
         (c.weights, c.bias, c.profile, c.profiles, c.u, c.v, c.refractory, c.theta, c.weight_exp, c.learning,
          c.stdp, c.lfsr, c.pre_trace, c.post_trace, c.plastic, self.route_base, self.route_count,
-         self.route_entries, self.learning, self.reward) = snap
+         self.route_entries, self.learning, self.reward, self.encoder_rate, self.encoder_phase,
+         self.encoder_core, self.encoder_axon, self.encoder_enabled, self.encoder_mode, self.encoder_seed,
+         self.encoder_lfsr, self.encoder_steps) = snap
 
     @staticmethod
     def _signed(word, bits):
@@ -501,8 +592,34 @@ class ChipModel:
         elif space is MemorySpace.CHIP:
             if addr == ChipRegister.LEARNING.value:
                 self.learning = bool(check_int("learning", word, 0, 1))
-            else:
+            elif addr == ChipRegister.REWARD.value:
                 self.set_reward(word)
+            else:
+                if not self.shape.encoder_channels:
+                    raise ModelError(f"{ChipRegister(addr).name}: this chip has no input encoder "
+                                     f"(encoder_channels = 0)")
+                if addr == ChipRegister.ENCODER.value:
+                    word = check_int("encoder register", word, 0, 3)
+                    self.encoder_enabled, self.encoder_mode = bool(word & 1), EncoderMode(word >> 1)
+                elif addr == ChipRegister.ENCODER_STEPS.value:
+                    self.encoder_steps = check_int("encoder steps", word, 0, (1 << 16) - 1)
+                else:
+                    self.encoder_seed = check_int("encoder seed", word, 0, (1 << LFSR_BITS) - 1)
+                    self.encoder_lfsr = encoder_lfsr_seed(self.encoder_seed)
+        elif space is MemorySpace.ENCODER:
+            e = self.shape.encoder_channels
+            field_, channel = EncoderField(addr // e), addr % e
+            if field_ is EncoderField.RATE:
+                self.encoder_rate[channel] = check_int("encoder rate", word, 0, ENCODER_RATE_ONE)
+            elif field_ is EncoderField.PHASE:
+                self.encoder_phase[channel] = check_int("encoder phase", word, 0, ENCODER_RATE_ONE - 1)
+            else:
+                word &= WORD_MASK
+                check_int("encoder target bits 31..24", word >> 24, 0, 0)
+                self.encoder_core[channel] = check_int("encoder target core", (word >> 16) & 0xFF, 0,
+                                                       self.shape.cores - 1)
+                self.encoder_axon[channel] = check_int("encoder target axon", word & 0xFFFF, 0,
+                                                       self.shape.axons - 1)
 
     def _read_word(self, space, core, addr):
         c, n = self.cores[core], self.shape.neurons
@@ -532,7 +649,19 @@ class ChipModel:
         if space is MemorySpace.COUNTER:
             return self.counters[Counter(addr)] & WORD_MASK
         if space is MemorySpace.CHIP:
-            return (self.step_count & WORD_MASK, int(self.learning), self.reward)[addr]
+            if addr >= ChipRegister.ENCODER.value and not self.shape.encoder_channels:
+                return 0
+            return (self.step_count & WORD_MASK, int(self.learning), self.reward,
+                    int(self.encoder_enabled) | self.encoder_mode.value << 1, self.encoder_seed,
+                    self.encoder_steps)[addr]
+        if space is MemorySpace.ENCODER:
+            e = self.shape.encoder_channels
+            field_, channel = EncoderField(addr // e), addr % e
+            if field_ is EncoderField.RATE:
+                return self.encoder_rate[channel]
+            if field_ is EncoderField.PHASE:
+                return self.encoder_phase[channel]
+            return int(self.encoder_axon[channel]) | int(self.encoder_core[channel]) << 16
         raise AssertionError(space)
 
     # --- running -----------------------------------------------------------------------------
@@ -555,7 +684,10 @@ class ChipModel:
         """One time step; returns this step's host spikes as (step, core, neuron)."""
         t = self.step_count
         routed = self._pending
-        events = routed + self._inputs.pop(t, [])
+        host = self._inputs.pop(t, [])
+        # routed spikes, then the encoder's channels in order, then host inputs (the order only
+        # matters when an accumulator saturates; it is the hardware's arrival order)
+        events = routed + self._encode() + host
         self._pending = []
         # (1) integrate
         for s in self.cores:
@@ -575,7 +707,7 @@ class ChipModel:
             else:
                 for axon in axons:
                     s.acc = np.clip(s.acc + s.weights[axon], ACC_MIN, ACC_MAX)
-        self.counters[Counter.INPUT_EVENTS] += len(events) - len(routed)
+        self.counters[Counter.INPUT_EVENTS] += len(host)
         self.counters[Counter.ROUTED_EVENTS] += len(routed)
         # (2) update, (3) learn
         spikes = []
@@ -598,6 +730,18 @@ class ChipModel:
         self.counters[Counter.STEPS] += 1
         self.step_count += 1
         return out
+
+    def _encode(self):
+        """The input encoder's events for this step, channel order, as (core, axon) pairs."""
+        if not (self.encoder_enabled and self.shape.encoder_channels):
+            return []
+        fired, self.encoder_phase, self.encoder_lfsr = encoder_spikes(
+            self.encoder_mode, self.encoder_rate, self.encoder_phase, self.encoder_lfsr)
+        if self.encoder_steps:
+            self.encoder_steps -= 1
+            self.encoder_enabled = self.encoder_steps != 0
+        channels = np.flatnonzero(fired)
+        return list(zip(self.encoder_core[channels].tolist(), self.encoder_axon[channels].tolist()))
 
     def _profile_arrays(self, s):
         """Per-neuron parameter arrays from the profiles (cached until profiles or indices change)."""

@@ -15,7 +15,8 @@ __all__ = ["ModelBackend", "MODEL_VERSION", "DEFAULT_MODEL_SHAPE"]
 
 MODEL_VERSION = 1
 #: The shape ``Chip.open("model")`` builds when none is given.
-DEFAULT_MODEL_SHAPE = ChipShape(cores=4, neurons=256, axons=256, lanes=8, route_entries=4096)
+DEFAULT_MODEL_SHAPE = ChipShape(cores=4, neurons=256, axons=256, lanes=8, route_entries=4096,
+                                 encoder_channels=256)
 
 
 class ModelBackend(Backend):
@@ -41,7 +42,7 @@ class ModelBackend(Backend):
         s = self.model.shape
         return ChipInfo(version=MODEL_VERSION, cores=s.cores, neurons=s.neurons, axons=s.axons,
                         lanes=s.lanes, route_entries=s.route_entries, input_queue=1 << 20, build="model",
-                        learning=True)
+                        learning=True, encoder_channels=s.encoder_channels)
 
     def write(self, space, core, addr, words):
         self._check_open()

@@ -12,7 +12,9 @@
 The default ``chip="chip"`` is the real chip with learning cores (``Chip(learning=True)``, so the
 host's learning API works on "sim"); ``chip="chip:inference"`` leaves the learning logic out
 and simulates faster (default shape, clocking without pause: 1.71 against 1.32 M cycles/s,
-``python bench/link.py --chip chip`` and ``--chip chip:inference``). ``python -m neurofabric.sim.device [--chip loopback|chip|chip:inference]
+``python bench/link.py``). The default shape has 64 input encoder channels (``Chip.encode``); a
+shape's ``encoder_channels`` decides whether the device has an encoder, and IDENTIFY reports it.
+``python -m neurofabric.sim.device [--chip loopback|chip|chip:inference]
 [--cores N ...]`` runs a sim device standalone; it prints ``port N`` (connect to
 ``socket://127.0.0.1:N``).
 """
@@ -35,7 +37,7 @@ from neurofabric.host.transport import Transport
 __all__ = ["SimDevice", "PysimTransport", "build_device", "loopback_factory"]
 
 #: the shape `SimDevice` and ``python -m neurofabric.sim.device`` use unless told otherwise
-DEFAULT_SHAPE = ChipShape(cores=2, neurons=64, axons=64, lanes=8, route_entries=256)
+DEFAULT_SHAPE = ChipShape(cores=2, neurons=64, axons=64, lanes=8, route_entries=256, encoder_channels=64)
 CPP_DIR = os.path.join(os.path.dirname(__file__), "cpp")
 
 
@@ -265,9 +267,11 @@ def main(argv=None):
     parser.add_argument("--axons", type=int, default=64)
     parser.add_argument("--lanes", type=int, default=8)
     parser.add_argument("--route-entries", type=int, default=256)
+    parser.add_argument("--encoder-channels", type=int, default=DEFAULT_SHAPE.encoder_channels,
+                        help="input encoder channels (0: no encoder)")
     args = parser.parse_args(argv)
     shape = ChipShape(cores=args.cores, neurons=args.neurons, axons=args.axons, lanes=args.lanes,
-                      route_entries=args.route_entries)
+                      route_entries=args.route_entries, encoder_channels=args.encoder_channels)
     executable = build_device(shape, chip=args.chip)
     print(f"executable {executable}", file=sys.stderr)
     os.execv(str(executable), [str(executable)])

@@ -235,7 +235,7 @@ def predict(content, bench):
         count = int.from_bytes(payload[2:4], "little")
         addr = int.from_bytes(payload[4:8], "little")
         limit = LINK_MAX_WRITE_WORDS if command == LinkCommand.WRITE_MEMORY else LINK_MAX_READ_WORDS
-        if space >= 12 or core >= SHAPE.cores or addr + count > 1 << 24 or count > limit:
+        if space >= len(MemorySpace) or core >= SHAPE.cores or addr + count > 1 << 24 or count > limit:
             return nak(LinkStatus.OUT_OF_RANGE)
         if command == LinkCommand.WRITE_MEMORY and len(payload) != 8 + 4 * count:
             return nak(LinkStatus.BAD_LENGTH)
@@ -357,7 +357,7 @@ def out_of_range(draw):
     command = draw(st.sampled_from([LinkCommand.WRITE_MEMORY, LinkCommand.READ_MEMORY]))
     space, core, count, addr = 0, 0, 1, 0
     if kind == "space":
-        space = draw(st.integers(12, 255))
+        space = draw(st.integers(len(MemorySpace), 255))
     elif kind == "core":
         core = draw(st.integers(SHAPE.cores, 255))
     elif kind == "count":

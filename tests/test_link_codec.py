@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from neurofabric.hdl.link import identify_payload
 from neurofabric.hdl.protocol import (
+    LINK_FEATURE_ENCODER,
     LINK_FEATURE_LEARNING,
     LINK_MAX_INJECT_EVENTS,
     LINK_MAX_WRITE_WORDS,
@@ -125,8 +126,8 @@ def test_requests_validate_fields():
         write_request(MemorySpace.WEIGHT, 0, 0, [0] * 255)
     with pytest.raises(ValueError, match=r"words contains 4294967296"):
         write_request(MemorySpace.WEIGHT, 0, 0, [1 << 32])
-    with pytest.raises(ValueError, match="space = 12 is not a MemorySpace"):
-        read_request(12, 0, 0, 1)
+    with pytest.raises(ValueError, match=f"space = {len(MemorySpace)} is not a MemorySpace"):
+        read_request(len(MemorySpace), 0, 0, 1)
     with pytest.raises(ValueError, match=r"addr \+ count = 16777217"):
         read_request(MemorySpace.STATE, 0, (1 << 24) - 1, 2)
     with pytest.raises(ValueError, match=r"axon contains 64, out of range: allowed \[0, 63\]"):
@@ -151,8 +152,8 @@ def test_reply_parsers():
     assert max_payload == 1024
     # the build name and feature bits come from the chip unless the host overrides the name
     payload = identify_payload(shape, 42, features=LINK_FEATURE_LEARNING, build_name="icebreaker-up5k")
-    assert len(payload) == 40
-    assert payload[22:24] == b"\x01\x00" and payload[24:] == b"icebreaker-up5k\0"
+    assert len(payload) == 42
+    assert payload[22:26] == b"\x01\x00\x00\x00" and payload[26:] == b"icebreaker-up5k\0"
     info, _ = parse_identify(payload)
     assert info.build == "icebreaker-up5k" and info.learning
     info, _ = parse_identify(identify_payload(shape, 42, build_name="a" * 16))
@@ -164,10 +165,21 @@ def test_reply_parsers():
             identify_payload(shape, 42, build_name=bad)
     with pytest.raises(ValueError, match="features = 65536"):
         identify_payload(shape, 42, features=1 << 16)
-    with pytest.raises(LinkError, match="expected 40"):
-        parse_identify(payload[:24])
+    with pytest.raises(LinkError, match="expected 42"):
+        parse_identify(payload[:26])
     with pytest.raises(LinkError, match="not printable ASCII"):
-        parse_identify(payload[:24] + b"\xffbad".ljust(16, b"\0"))
+        parse_identify(payload[:26] + b"\xffbad".ljust(16, b"\0"))
+    # the encoder: its feature bit and channel count
+    payload = identify_payload(shape, 42, features=LINK_FEATURE_LEARNING, encoder_channels=300)
+    assert payload[22:26] == bytes([LINK_FEATURE_LEARNING | LINK_FEATURE_ENCODER, 0, 300 & 0xFF, 300 >> 8])
+    info, _ = parse_identify(payload)
+    assert info.encoder_channels == 300 and info.learning
+    assert parse_identify(identify_payload(shape, 42))[0].encoder_channels == 0
+    for bad in (-1, 4097, 1.5):
+        with pytest.raises(ValueError, match="encoder_channels"):
+            identify_payload(shape, 42, encoder_channels=bad)
+    with pytest.raises(ValueError, match="LINK_FEATURE_ENCODER"):
+        identify_payload(shape, 42, features=LINK_FEATURE_ENCODER)
     events = parse_events(((1 << 30) | (2 << 16) | 9).to_bytes(4, "little") + ((2 << 30) | 0xFFFF).to_bytes(4, "little"))
     assert [(e.kind, e.core, e.index) for e in events] == [(EventKind.SPIKE, 2, 9), (EventKind.STEP, 0, 0xFFFF)]
     words = np.array([0xFFFFFFFF, 5, 0x80000000], dtype=np.uint32)
