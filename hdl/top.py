@@ -6,10 +6,11 @@
 
 from amaranth.hdl import Module
 from amaranth.lib import stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from neurofabric.hdl.link import HostLink, check_build_name
-from neurofabric.hdl.protocol import LINK_FEATURE_LEARNING
+from neurofabric.hdl.protocol import LINK_FEATURE_LEARNING, Event
 from neurofabric.hdl.uart import UARTReceiver, UARTTransmitter
 
 __all__ = ["LinkedChip", "UartLinkedChip", "default_chip_factory"]
@@ -30,6 +31,12 @@ class LinkedChip(wiring.Component):
     by default it is the chip's ``input_queue_depth`` attribute if it has one, else 0. IDENTIFY
     also reports :data:`~neurofabric.hdl.link.LINK_FEATURE_LEARNING` when the chip's ``learning``
     attribute is true, and `build_name` (printable ASCII, at most 16 bytes: "sim", a board name).
+
+    `output_fifo_depth` events (0: none) are buffered between the chip's output and the link, so
+    the chip can run ahead of the host's READ_OUTPUT polls instead of stalling after its few
+    output FIFO entries (one STEP marker per step fills them quickly). The sim device uses 4096
+    (its steps no longer wait for round trips through the host); boards keep block RAM for the
+    chip (0) since their UART bounds the output rate anyway.
     """
 
     rx: In(stream.Signature(8))
@@ -38,13 +45,18 @@ class LinkedChip(wiring.Component):
     step: Out(32)
 
     def __init__(self, shape, *, chip_factory=default_chip_factory, input_queue=None, rx_timeout=1_000_000,
-                 build_name="sim"):
+                 build_name="sim", output_fifo_depth=0):
         try:
             check_build_name(build_name)
         except ValueError:
             self._MustUse__silence = True       # a rejected configuration is not an unused design
             raise
+        if isinstance(output_fifo_depth, bool) or not isinstance(output_fifo_depth, int) or \
+                not 0 <= output_fifo_depth <= 1 << 16:
+            self._MustUse__silence = True
+            raise ValueError(f"output_fifo_depth = {output_fifo_depth!r} is out of range: allowed [0, 65536]")
         self.shape = shape
+        self.output_fifo_depth = output_fifo_depth
         self.chip = chip_factory(shape)
         if input_queue is None:
             input_queue = getattr(self.chip, "input_queue_depth", 0)
@@ -61,7 +73,19 @@ class LinkedChip(wiring.Component):
         wiring.connect(m, chip.mem_resp, link.mem_resp)
         wiring.connect(m, link.inject, chip.inject)
         wiring.connect(m, link.run, chip.run)
-        wiring.connect(m, chip.out, link.out)
+        if self.output_fifo_depth:
+            m.submodules.output_fifo = output_fifo = SyncFIFOBuffered(width=Event.as_shape().size,
+                                                                       depth=self.output_fifo_depth)
+            m.d.comb += [
+                output_fifo.w_data.eq(chip.out.payload),
+                output_fifo.w_en.eq(chip.out.valid),
+                chip.out.ready.eq(output_fifo.w_rdy),
+                link.out.payload.eq(output_fifo.r_data),
+                link.out.valid.eq(output_fifo.r_rdy),
+                output_fifo.r_en.eq(link.out.ready),
+            ]
+        else:
+            wiring.connect(m, chip.out, link.out)
         wiring.connect(m, wiring.flipped(self.rx), link.rx)
         wiring.connect(m, link.tx, wiring.flipped(self.tx))
         m.d.comb += [

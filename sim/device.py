@@ -145,6 +145,11 @@ DEVICE_FLAGS = ("-O3", "--x-assign", "fast", "--x-initial", "fast",
                 "-MAKEFLAGS", "OPT_FAST=-O2", "-MAKEFLAGS", "OPT_GLOBAL=-O2")
 
 
+#: Output events the sim device buffers between the chip and the link (LinkedChip's
+#: `output_fifo_depth`): the chip runs ahead of the host's READ_OUTPUT polls.
+DEVICE_OUTPUT_FIFO = 4096
+
+
 class _ResetlessTop(Elaboratable):
     """`top` in a ``sync`` domain without a reset: every register and memory starts at its
     initial value (which the Verilog carries and Verilator applies at time 0), as after a reset.
@@ -174,7 +179,8 @@ def device_verilog(shape, *, chip="chip", rx_timeout=1_000_000):
     from neurofabric.hdl.top import LinkedChip
     from neurofabric.sim.verilator import to_verilog
 
-    wrapper = _ResetlessTop(LinkedChip(shape, chip_factory=_chip_factory(chip), rx_timeout=rx_timeout))
+    wrapper = _ResetlessTop(LinkedChip(shape, chip_factory=_chip_factory(chip), rx_timeout=rx_timeout,
+                                       output_fifo_depth=DEVICE_OUTPUT_FIFO))
     return to_verilog(wrapper, name="linked_chip", ports=wrapper.ports())
 
 

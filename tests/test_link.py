@@ -606,3 +606,23 @@ def test_build_name_reported_and_checked():
     for bad in ["x" * 17, "caf\u00e9", 5]:
         with pytest.raises(ValueError, match="build_name"):
             LinkedChip(SHAPE, chip_factory=loopback_factory, build_name=bad)
+
+
+def test_output_fifo_passes_every_event_in_order():
+    """LinkedChip(output_fifo_depth=N): the chip's output goes through an N-event FIFO (the sim
+    device's setting) and reaches the host complete and in order; bad depths are refused."""
+    seed = random.randrange(1 << 30)
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    transport = PysimTransport(LinkedChip(SHAPE, chip_factory=loopback_factory, output_fifo_depth=8),
+                               timeout_cycles=100_000)
+    backend = LinkBackend(transport)
+    for step in range(0, 12, 3):
+        events = np.stack([step + np.sort(rng.integers(0, 3, 16)), rng.integers(0, 2, 16),
+                           rng.integers(0, SHAPE.axons, 16)], axis=1)
+        events = events[np.lexsort((events[:, 2], events[:, 1], events[:, 0]))]
+        backend.inject(events)
+        assert backend.run(3).tolist() == events.tolist()
+    for bad in [-1, 1 << 17, 2.0, True]:
+        with pytest.raises(ValueError, match="output_fifo_depth"):
+            LinkedChip(SHAPE, chip_factory=loopback_factory, output_fifo_depth=bad)
