@@ -30,7 +30,9 @@ class LinkedChip(wiring.Component):
     stop clocking), ``step`` (the chip's current step). ``input_queue`` is reported by IDENTIFY;
     by default it is the chip's ``input_queue_depth`` attribute if it has one, else 0. IDENTIFY
     also reports :data:`~neurofabric.hdl.link.LINK_FEATURE_LEARNING` when the chip's ``learning``
-    attribute is true, and `build_name` (printable ASCII, at most 16 bytes: "sim", a board name).
+    attribute is true, the chip's ``encoder_channels`` attribute (0 if it has none: a stand-in
+    chip has no encoder whatever the shape says), and `build_name` (printable ASCII, at most 16
+    bytes: "sim", a board name).
 
     `output_fifo_depth` events (0: none) are buffered between the chip's output and the link, so
     the chip can run ahead of the host's READ_OUTPUT polls instead of stalling after its few
@@ -62,7 +64,7 @@ class LinkedChip(wiring.Component):
             input_queue = getattr(self.chip, "input_queue_depth", 0)
         features = LINK_FEATURE_LEARNING if getattr(self.chip, "learning", False) is True else 0
         self.link = HostLink(shape, input_queue=input_queue, rx_timeout=rx_timeout, features=features,
-                             build_name=build_name)
+                             build_name=build_name, encoder_channels=getattr(self.chip, "encoder_channels", 0))
         super().__init__()
 
     def elaborate(self, platform):

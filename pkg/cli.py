@@ -72,6 +72,8 @@ def _info(args):
     print(f"device {args.device}: build {info.build or '?'}, version {info.version}")
     print(f"  {info.cores} core(s) x {info.neurons} neurons x {info.axons} axons, {info.lanes} lanes")
     print(f"  {info.route_entries} route entries, input queue {info.input_queue} events")
+    print(f"  learning {'yes' if info.learning else 'no'}, input encoder "
+          f"{f'{info.encoder_channels} channels' if info.encoder_channels else 'none'}")
     return 0
 
 

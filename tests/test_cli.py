@@ -12,6 +12,7 @@ def test_info(capsys):
     assert main(["info", "--device", "model"]) == 0
     out = capsys.readouterr().out
     assert "build model" in out and "4 core(s) x 256 neurons x 256 axons" in out
+    assert "learning yes, input encoder 256 channels" in out
 
 
 def test_run_builtin(capsys):

@@ -626,3 +626,11 @@ def test_output_fifo_passes_every_event_in_order():
     for bad in [-1, 1 << 17, 2.0, True]:
         with pytest.raises(ValueError, match="output_fifo_depth"):
             LinkedChip(SHAPE, chip_factory=loopback_factory, output_fifo_depth=bad)
+
+
+def test_identify_reports_the_chips_encoder_not_the_shapes():
+    """IDENTIFY's encoder channel count comes from the chip: a stand-in chip (no encoder) built
+    for a shape with encoder channels reports none, so the host never writes to a missing one."""
+    shape = ChipShape(cores=2, neurons=16, axons=24, lanes=8, route_entries=16, encoder_channels=8)
+    transport = PysimTransport(LinkedChip(shape, chip_factory=loopback_factory), timeout_cycles=100_000)
+    assert LinkBackend(transport).identify().encoder_channels == 0
