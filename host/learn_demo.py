@@ -175,6 +175,26 @@ def encode(x, cfg, seed):
     return np.random.default_rng(seed).random((cfg.steps, len(x))) < gain * (x * cfg.max_rate)[None, :]
 
 
+def _seed16(seed):
+    """A 16-bit LFSR seed for the chip's encoder from the demo's per-image seed."""
+    return (seed * 0x9E3779B1 >> 16) & 0xFFFF
+
+
+def present(chip, pixels, x, cfg, seed):
+    """Start presenting image `x`: into the chip's Bernoulli input encoder when it has enough
+    channels and the rate does not ramp (the image is loaded once, the chip draws its spikes:
+    ``Chip.encode``), else as a host raster (:func:`encode`). Returns ``run(start, stop)``, which
+    runs those steps of the image (call after :meth:`Chip.reset_state`, which rewinds the encoder)."""
+    xs = np.asarray(x, dtype=np.float64)
+    if cfg.channels == "onoff":
+        xs = np.concatenate([xs, 1.0 - xs])
+    if not cfg.ramp and chip.info.encoder_channels >= cfg.inputs:
+        chip.encode({pixels: xs * cfg.max_rate}, mode="bernoulli", seed=_seed16(seed))
+        return lambda start, stop: chip.run(steps=stop - start)
+    raster = encode(x, cfg, seed)
+    return lambda start, stop: chip.run({pixels: raster[start:stop]}, steps=stop - start)
+
+
 class _PlasticCore:
     """Host-side access to the plastic projection and the learning neurons' thresholds, through
     the chip's memory map (works on every backend)."""
@@ -210,11 +230,13 @@ class _PlasticCore:
 
 def learn_shape(cfg):
     """The chip shape the demo asks for: two cores (the plastic excitatory core, the pool's
-    core), each with room for the neurons and the axons it needs."""
+    core), each with room for the neurons and the axons it needs, and an input encoder channel
+    per input (the pixels feed one core)."""
     from neurofabric.host.model import ChipShape
     neurons = max(8, -(-max(cfg.neurons, cfg.pool) // 8) * 8)
     return ChipShape(cores=2, neurons=neurons, axons=max(cfg.inputs + cfg.pool, cfg.neurons),
-                     lanes=8, route_entries=max(512, 2 * (cfg.neurons + cfg.pool)))
+                     lanes=8, route_entries=max(512, 2 * (cfg.neurons + cfg.pool)),
+                     encoder_channels=cfg.inputs)
 
 
 def assign_labels(counts, y, classes=10):
@@ -245,7 +267,7 @@ def _respond(chip, core, pixels, exc, x, cfg, theta, seed, bar):
     counts = np.zeros((len(x), cfg.neurons), dtype=np.int64)
     for i in range(len(x)):
         core.rest(theta)
-        result = chip.run({pixels: encode(x[i], cfg, seed + i)}, steps=cfg.steps)
+        result = present(chip, pixels, x[i], cfg, seed + i)(0, cfg.steps)
         counts[i] = result.counts(exc)
         bar.update(1)
     return counts
@@ -314,14 +336,14 @@ def run_learn_demo(device="model", out_dir="build/learn_demo", config=None, quic
                 order = rng.permutation(len(x_fit))
                 for k, i in enumerate(order):
                     core.rest(theta)
-                    raster = encode(x_fit[i], cfg, 1_000_000 * (epoch + 1) + int(i))
+                    run = present(chip, pixels, x_fit[i], cfg, 1_000_000 * (epoch + 1) + int(i))
                     n_spikes = 0
                     if cfg.learn_after:
                         chip.set_learning(False)
-                        result = chip.run({pixels: raster[:cfg.learn_after]}, steps=cfg.learn_after)
+                        result = run(0, cfg.learn_after)
                         n_spikes += int(len(result.spikes(exc)))
                         chip.set_learning(True)
-                    result = chip.run({pixels: raster[cfg.learn_after:]}, steps=cfg.steps - cfg.learn_after)
+                    result = run(cfg.learn_after, cfg.steps)
                     learning_spikes = int(len(result.spikes(exc)))
                     n_spikes += learning_spikes
                     if not checked and learning_spikes and normalisations == 0 and cfg.a_plus:
