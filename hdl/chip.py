@@ -31,7 +31,7 @@ chip is between steps, so a step always learns with one reward; a word out of ra
 """
 
 from amaranth.hdl import Array, Cat, Module, Mux, Signal
-from amaranth.lib import stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from neurofabric.hdl.controller import StepController
@@ -54,8 +54,9 @@ class Chip(wiring.Component):
     """`shape.cores` neuron cores joined by the router, sequenced by the step controller.
 
     `core_factory(index)` builds core `index` (default: ``NeuronCore(neurons, axons, lanes,
-    learning=learning)`` from :mod:`neurofabric.hdl.core`); any component with the core's ports
-    works. With ``learning=True`` every core must have the ``learn`` and ``reward`` inputs of a
+    learning=learning, request_held=True)`` from :mod:`neurofabric.hdl.core`); any component
+    with the core's ports works (the chip holds ``mem.payload`` from a request's acceptance until
+    its response is taken). With ``learning=True`` every core must have the ``learn`` and ``reward`` inputs of a
     learning ``NeuronCore``; they are driven from the chip registers.
     `input_queue_depth` input events can wait ahead of the running step. FIFO depths of the
     router and `route_init` = (pointer_init, entry_init) are passed through to the router.
@@ -74,8 +75,9 @@ class Chip(wiring.Component):
                                   host_fifo_depth=host_fifo_depth)
         if core_factory is None:
             from neurofabric.hdl.core import NeuronCore  # noqa: PLC0415
+            # the chip holds each core's mem.payload (its `request` register) until the response
             core_factory = lambda index: NeuronCore(shape.neurons, shape.axons, shape.lanes,  # noqa: E731
-                                                    learning=learning)
+                                                    learning=learning, request_held=True)
         self.cores = [core_factory(index) for index in range(shape.cores)]
         if learning:
             for index, core in enumerate(self.cores):
@@ -89,7 +91,9 @@ class Chip(wiring.Component):
         pointer_init, entry_init = route_init or ((), ())
         self.router = Router(shape, **self.router_depths, pointer_init=pointer_init, entry_init=entry_init)
         self.controller = StepController(cores=shape.cores, axons=shape.axons, queue_depth=input_queue_depth)
-        self._deliver_slice = SkidBuffer(InputEvent)
+        # the slice carries only what the cores need of an input event: its core and axon
+        self._deliver_slice = SkidBuffer(data.StructLayout({"axon": range(shape.axons),
+                                                            "core": range(shape.cores)}))
         super().__init__({
             "mem": In(stream.Signature(MemRequest)),
             "mem_resp": Out(stream.Signature(32)),
@@ -120,7 +124,12 @@ class Chip(wiring.Component):
         # host inputs pass a register slice: the controller's step-tag compare stays out of the
         # cores' input logic
         m.submodules.deliver_slice = deliver_slice = self._deliver_slice
-        wiring.connect(m, controller.deliver, deliver_slice.i_stream)
+        m.d.comb += [
+            deliver_slice.i_stream.valid.eq(controller.deliver.valid),
+            deliver_slice.i_stream.payload.axon.eq(controller.deliver.payload.axon),
+            deliver_slice.i_stream.payload.core.eq(controller.deliver.payload.core),
+            controller.deliver.ready.eq(deliver_slice.i_stream.ready),
+        ]
         deliver = deliver_slice.o_stream
         deliver_ready = Signal()
         for index, core in enumerate(cores):
@@ -171,7 +180,8 @@ class Chip(wiring.Component):
             with m.If(pulse):
                 m.d.sync += counters[counter].eq(counters[counter] + 1)
         # routed events count when the step that integrates them starts (as in ChipModel.step)
-        routed_pending = Signal(32)
+        # (at most cores * neurons spikes of one step, 255 route entries each)
+        routed_pending = Signal(range(shape.cores * shape.neurons * 255 + 1))
         with m.If(controller.starting):
             m.d.sync += [
                 counters[Counter.ROUTED_EVENTS].eq(counters[Counter.ROUTED_EVENTS] + routed_pending),

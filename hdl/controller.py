@@ -18,7 +18,7 @@ for now if ``tag == t mod 2**16``, for the future if ``(tag - t) mod 2**16 < 2**
 """
 
 from amaranth.hdl import Assert, Module, Signal
-from amaranth.lib import fifo, stream, wiring
+from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from neurofabric.hdl.protocol import Event, EventKind, InputEvent
@@ -44,6 +44,10 @@ class StepController(wiring.Component):
 
     Cycle behaviour: one input event per cycle during DELIVER; the fixed overhead per step is
     about ``GUARD_CYCLES + 4`` cycles plus the time the cores and the router need.
+
+    The queue stores an event in as few bits as the chip needs: the step tag, the axon and
+    core indices in the widths of `axons` and `cores`, and whether the event names a core and
+    axon that exist (checked as it is queued; one that does not is dropped at its step).
     """
 
     def __init__(self, *, cores, axons, queue_depth=64):
@@ -74,10 +78,24 @@ class StepController(wiring.Component):
     def elaborate(self, platform):
         m = Module()
 
-        m.submodules.queue = queue = fifo.SyncFIFOBuffered(width=InputEvent.as_shape().size,
-                                                           depth=self.queue_depth)
-        wiring.connect(m, wiring.flipped(self.inject), queue.w_stream)
-        head = InputEvent(queue.r_data)
+        queued = data.StructLayout({"step": 16, "exists": 1, "axon": range(self.axons),
+                                    "core": range(self.cores)})
+        m.submodules.queue = queue = fifo.SyncFIFOBuffered(width=queued.size, depth=self.queue_depth)
+        incoming = self.inject.payload
+        entry = Signal(queued)      # indices truncated to their widths once `exists` is known
+        m.d.comb += [
+            entry.step.eq(incoming.step),
+            entry.exists.eq((incoming.core < self.cores) & (incoming.axon < self.axons)),
+            entry.axon.eq(incoming.axon),
+            entry.core.eq(incoming.core),
+            queue.w_data.eq(entry),
+            queue.w_en.eq(self.inject.valid),
+            self.inject.ready.eq(queue.w_rdy),
+        ]
+        head_queued = queued(queue.r_data)
+        head = Signal(InputEvent)
+        m.d.comb += [head.step.eq(head_queued.step), head.axon.eq(head_queued.axon),
+                     head.core.eq(head_queued.core)]
         m.d.comb += self.queue_empty.eq(queue.level == 0)
 
         remaining = Signal(32)
@@ -96,7 +114,7 @@ class StepController(wiring.Component):
         m.d.comb += tag_distance.eq(head.step - self.step[:16])
         now = tag_distance == 0
         past = tag_distance[15]
-        exists = (head.core < self.cores) & (head.axon < self.axons)
+        exists = head_queued.exists
 
         guard = Signal(range(GUARD_CYCLES + 1))
         m.d.comb += [

@@ -15,6 +15,7 @@ from neurofabric.hdl.link import identify_payload
 from neurofabric.hdl.protocol import (
     LINK_FEATURE_LEARNING,
     LINK_MAX_INJECT_EVENTS,
+    LINK_MAX_PAYLOAD,
     LINK_MAX_WRITE_WORDS,
     LINK_VERSION,
     EventKind,
@@ -148,7 +149,7 @@ def test_reply_parsers():
     info, max_payload = parse_identify(identify_payload(shape, 42), build="x")
     assert info == ChipInfo(version=LINK_VERSION, cores=3, neurons=512, axons=100, lanes=8, route_entries=2000,
                             input_queue=42, build="x")
-    assert max_payload == 1024
+    assert max_payload == LINK_MAX_PAYLOAD
     # the build name and feature bits come from the chip unless the host overrides the name
     payload = identify_payload(shape, 42, features=LINK_FEATURE_LEARNING, build_name="icebreaker-up5k")
     assert len(payload) == 40
