@@ -60,15 +60,23 @@ class Chip(wiring.Component):
     learning ``NeuronCore``; they are driven from the chip registers.
     `input_queue_depth` input events can wait ahead of the running step. FIFO depths of the
     router and `route_init` = (pointer_init, entry_init) are passed through to the router.
+    With `request_held`, the driver of `mem` keeps ``mem.payload`` unchanged from a request's
+    acceptance until its response has been taken (as :class:`~neurofabric.hdl.link.HostLink`
+    does), and the chip keeps no copy of the request (69 flip-flops fewer).
     """
 
     def __init__(self, shape, *, core_factory=None, input_queue_depth=64, spike_fifo_depth=4,
-                 axon_fifo_depth=8, host_fifo_depth=8, route_init=None, learning=False):
+                 axon_fifo_depth=8, host_fifo_depth=8, route_init=None, learning=False,
+                 request_held=False):
         if not isinstance(learning, bool):
             self._MustUse__silence = True       # a rejected configuration is not an unused design
             raise ValueError(f"learning must be True or False, not {learning!r}")
+        if not isinstance(request_held, bool):
+            self._MustUse__silence = True
+            raise ValueError(f"request_held must be True or False, not {request_held!r}")
         self.shape = shape
         self.learning = learning
+        self.request_held = request_held
         self.core_factory = core_factory
         self.input_queue_depth = input_queue_depth
         self.router_depths = dict(spike_fifo_depth=spike_fifo_depth, axon_fifo_depth=axon_fifo_depth,
@@ -198,7 +206,7 @@ class Chip(wiring.Component):
                 m.d.comb += [core.learn.eq(learning), core.reward.eq(reward.as_signed())]
 
         # --- memory requests ---------------------------------------------------------------------
-        request = Signal(MemRequest)
+        request = self.mem.payload if self.request_held else Signal(MemRequest)
         resp_data = Signal(32)
         is_router = (request.mem == MemorySpace.ROUTE_POINTER) | (request.mem == MemorySpace.ROUTE_ENTRY)
         core_exists = request.core < shape.cores
@@ -251,7 +259,8 @@ class Chip(wiring.Component):
             with m.State("IDLE"):
                 m.d.comb += self.mem.ready.eq(1)
                 with m.If(self.mem.valid):
-                    m.d.sync += request.eq(self.mem.payload)
+                    if not self.request_held:
+                        m.d.sync += request.eq(self.mem.payload)
                     m.next = "DECODE"
             with m.State("DECODE"):
                 with m.If(is_local):

@@ -17,7 +17,7 @@ Step tags are the low 16 bits of the step number: an event tagged ``tag`` at ste
 for now if ``tag == t mod 2**16``, for the future if ``(tag - t) mod 2**16 < 2**15``, else late.
 """
 
-from amaranth.hdl import Assert, Module, Signal
+from amaranth.hdl import Assert, Module, Mux, Signal
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -100,15 +100,21 @@ class StepController(wiring.Component):
 
         remaining = Signal(32)
         finishing = Signal()            # this cycle's marker is taken: one step fewer
-        total = Signal(34)
-        m.d.comb += [
-            self.run.ready.eq(1),
-            total.eq(remaining - finishing + (self.run.payload & self.run.valid.replicate(32))),
-        ]
-        with m.If(total[32:] != 0):
-            m.d.sync += remaining.eq((1 << 32) - 1)
-        with m.Else():
-            m.d.sync += remaining.eq(total[:32])
+        m.d.comb += self.run.ready.eq(1)
+        # remaining' = sat32(remaining - finishing + run): both sums come from registers, and the
+        # late handshakes (`finishing`, `run.valid`) only select among them (remaining >= 1
+        # whenever a marker is taken)
+        fewer = Signal(32)
+        m.d.comb += fewer.eq(remaining - 1)
+
+        def plus_run(value):
+            total = Signal(33)
+            m.d.comb += total.eq(value + self.run.payload)
+            return Mux(total[32], (1 << 32) - 1, total[:32])
+        with m.If(self.run.valid):
+            m.d.sync += remaining.eq(Mux(finishing, plus_run(fewer), plus_run(remaining)))
+        with m.Elif(finishing):
+            m.d.sync += remaining.eq(fewer)
 
         tag_distance = Signal(16)
         m.d.comb += tag_distance.eq(head.step - self.step[:16])

@@ -62,9 +62,13 @@ def _check_param(name, value, lo, hi):
 
 
 def _saturate(value, bits):
-    """Clamp a signed value (wider than `bits`) to the `bits`-wide signed range."""
+    """Clamp a signed value (wider than `bits`) to the `bits`-wide signed range. The value is in
+    range when its bits from `bits - 1` up are all equal (a balanced reduction, not a compare
+    along a carry chain); otherwise its sign picks the bound."""
     lo, hi = signed_range(bits)
-    return Mux(value > hi, hi, Mux(value < lo, lo, value[:bits].as_signed()))
+    top = value[bits - 1:]
+    in_range = top.all() | ~top.any()
+    return Mux(in_range, value[:bits].as_signed(), Mux(value[-1], lo, hi))
 
 
 def lfsr_seed_value(seed, lane):
@@ -142,7 +146,7 @@ class NeuronCore(wiring.Component):
 
     Cycle behaviour: an event's weight row streams through a read -> add -> write-back pipeline
     at `lanes` synapses per cycle (latency 4); the update sweep issues one neuron per cycle
-    through an 8-stage pipeline: ``neurons + 11`` cycles from `step` to idle when `spike_out`
+    through a 7-stage pipeline: ``neurons + 10`` cycles from `step` to idle when `spike_out`
     keeps up (the sweep holds 15 credits for the 16-entry spike FIFO, so it never overruns it).
 
     With ``learning=True`` and learning enabled for a step (`learn` and ``CoreRegister.LEARNING``
@@ -616,8 +620,8 @@ class NeuronCore(wiring.Component):
                 value = stage(f"{name}{k}", value)
             return value
 
-        # the reset mode is read with the decay factors (S2) and carried to the reset (S7)
-        reset_mode7 = carry("reset_mode", profile_reset_mode, 5, 3)
+        # the reset mode is read with the decay factors (S2) and carried to the reset (S6)
+        reset_mode6 = carry("reset_mode", profile_reset_mode, 4, 3)
 
         # S3: the products out; the accumulator word out (the first neuron of a word latches it
         # and clears it in its bank); neuron_mem out; the threshold memory is addressed
@@ -668,67 +672,59 @@ class NeuronCore(wiring.Component):
         refr5 = stage("refractory5", refr4)
         profile5 = stage("profile5", profile4)
 
-        # S5 -> S6: v' = sat(decay(v) + u' + bias)
+        # S5 -> S6: v' = sat(decay(v) + u' + bias); compare against threshold + theta (one
+        # subtraction gives both the comparison and the subtract-reset value); the reset fields
+        # of the profile
+        profile_address(profile_reset_rd, profile5)
         v6 = stage("valid6", v5)
-        v_new6 = stage("v_new6", _saturate(v_bias5 + u5, STATE_BITS), signed(STATE_BITS))
-        u6 = stage("u6", u5)
-        effective6 = stage("effective6", effective5)
-        theta6 = stage("theta6", theta5)
-        theta_bumped6 = stage("theta_bumped6", theta_bumped5)
-        refr6 = stage("refractory6", refr5)
-        profile6 = stage("profile6", profile5)
-
-        # S6 -> S7: compare against threshold + theta (one subtraction gives both the
-        # comparison and the subtract-reset value); the reset fields of the profile
-        profile_address(profile_reset_rd, profile6)
-        v7 = stage("valid7", v6)
-        n7 = counter("neuron7", v7)
-        difference = v_new6 - effective6
-        active6 = refr6 == 0
-        fired6 = Signal()
-        m.d.comb += fired6.eq(active6 & (difference >= 0))
-        fired7 = stage("fired7", fired6 & ~mem_access)
-        active7 = stage("active7", active6)
-        difference7 = stage("difference7", difference, signed(STATE_BITS + 4))
+        n6 = counter("neuron6", v6)
+        v_new5 = _saturate(v_bias5 + u5, STATE_BITS)
+        difference = v_new5 - effective5
+        active5 = refr5 == 0
+        fired5 = Signal()
+        m.d.comb += fired5.eq(active5 & (difference >= 0))
+        fired6 = stage("fired6", fired5 & ~mem_access)
+        active6 = stage("active6", active5)
+        difference6 = stage("difference6", difference, signed(STATE_BITS + 4))
         # (a request's word in the access cycle: state_mem's write data in the collect cycle)
         request_word = request.data[:STATE_BITS].as_signed()
-        v_new7 = stage("v_new7", Mux(mem_access, request_word, v_new6))
-        u7 = stage("u7", Mux(mem_access, request_word, u6))
-        theta_final7 = stage("theta_final7", Mux(mem_access, request_word,
-                                                 Mux(fired6, theta_bumped6, theta6)))
-        refr7 = stage("refractory7", refr6)
+        v_new6 = stage("v_new6", Mux(mem_access, request_word, v_new5), signed(STATE_BITS))
+        u6 = stage("u6", Mux(mem_access, request_word, u5))
+        theta_final6 = stage("theta_final6", Mux(mem_access, request_word,
+                                                 Mux(fired5, theta_bumped5, theta5)))
+        refr6 = stage("refractory6", refr5)
 
-        # S7: write back the state (v only if not refractory); a spike goes into the FIFO
-        subtracted = _saturate(difference7, STATE_BITS)
-        v_final = Mux(fired7, Mux(reset_mode7, subtracted, profile_v_reset), v_new7)
-        refr_final = Mux(fired7, profile_refractory, Mux(active7, 0, refr7 - 1))
+        # S6: write back the state (v only if not refractory); a spike goes into the FIFO
+        subtracted = _saturate(difference6, STATE_BITS)
+        v_final = Mux(fired6, Mux(reset_mode6, subtracted, profile_v_reset), v_new6)
+        refr_final = Mux(fired6, profile_refractory, Mux(active6, 0, refr6 - 1))
         # (the profile index and the bias are written by requests only)
         m.d.comb += [
-            state_wr.data.eq(Cat(u7, v_final, theta_final7,
+            state_wr.data.eq(Cat(u6, v_final, theta_final6,
                                  request.data[STATE_BITS:STATE_BITS + PROFILE_BITS])),
             neuron_wr.data.eq(Cat(request.data[:STATE_BITS],
-                                  Mux(v7, refr_final, request.data[:REFRACTORY_BITS]))),
+                                  Mux(v6, refr_final, request.data[:REFRACTORY_BITS]))),
         ]
-        with m.If(v7):
-            m.d.comb += [state_wr.addr.eq(n7), neuron_wr.addr.eq(n7),
+        with m.If(v6):
+            m.d.comb += [state_wr.addr.eq(n6), neuron_wr.addr.eq(n6),
                          state_wr.en.eq(field_bytes(state_fields, "u") | field_bytes(state_fields, "theta")
-                                        | Mux(active7, field_bytes(state_fields, "v"), 0)),
+                                        | Mux(active6, field_bytes(state_fields, "v"), 0)),
                          neuron_wr.en.eq(field_bytes(neuron_fields, "refractory"))]
         with m.Else():
             m.d.comb += [state_wr.addr.eq(req_neuron), neuron_wr.addr.eq(req_neuron),
                          state_wr.en.eq(state_write_request), neuron_wr.en.eq(neuron_write_request)]
-        m.d.sync += Assert(~(v7 & (mem_access | mem_collect)),
+        m.d.sync += Assert(~(v6 & (mem_access | mem_collect)),
                            "state written by the sweep and a request at once")
-        m.d.comb += [spike_fifo.w_en.eq(v7 & fired7), spike_fifo.w_data.eq(n7)]
+        m.d.comb += [spike_fifo.w_en.eq(v6 & fired6), spike_fifo.w_data.eq(n6)]
         with m.If(spike_fifo.w_en):
             m.d.sync += Assert(spike_fifo.w_rdy, "spike FIFO overflow")
-        m.d.comb += sweep_in_pipeline.eq(v1 | v2 | v3 | v4 | v5 | v6 | v7)
+        m.d.comb += sweep_in_pipeline.eq(v1 | v2 | v3 | v4 | v5 | v6)
         # the last stage, for the learning machinery
-        sweep_last_valid, sweep_last_neuron, sweep_last_fired = v7, n7, fired7
+        sweep_last_valid, sweep_last_neuron, sweep_last_fired = v6, n6, fired6
 
         # a credit comes back when a neuron leaves the pipeline without a spike, or a spike
         # leaves the FIFO
-        m.d.comb += credit_return.eq((v7 & ~fired7) + (self.spike_out.valid & self.spike_out.ready))
+        m.d.comb += credit_return.eq((v6 & ~fired6) + (self.spike_out.valid & self.spike_out.ready))
         m.d.sync += credits.eq(credits - sweep_issue + credit_return)
 
         if self.learning:

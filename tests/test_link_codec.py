@@ -122,8 +122,9 @@ def test_frame_reader_splits_and_drops_garbage():
 def test_requests_validate_fields():
     with pytest.raises(ValueError, match=r"core = 3 is out of range: allowed \[0, 1\]"):
         write_request(MemorySpace.WEIGHT, 3, 0, [1], cores=2)
-    with pytest.raises(ValueError, match=r"count = 255 is out of range: allowed \[0, 254\]"):
-        write_request(MemorySpace.WEIGHT, 0, 0, [0] * 255)
+    too_many = LINK_MAX_WRITE_WORDS + 1
+    with pytest.raises(ValueError, match=rf"count = {too_many} is out of range: allowed \[0, {LINK_MAX_WRITE_WORDS}\]"):
+        write_request(MemorySpace.WEIGHT, 0, 0, [0] * too_many)
     with pytest.raises(ValueError, match=r"words contains 4294967296"):
         write_request(MemorySpace.WEIGHT, 0, 0, [1 << 32])
     with pytest.raises(ValueError, match="space = 12 is not a MemorySpace"):
