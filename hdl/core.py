@@ -679,7 +679,21 @@ class NeuronCore(wiring.Component):
         v6 = stage("valid6", v5)
         n6 = counter("neuron6", v6)
         v_new5 = _saturate(v_bias5 + u5, STATE_BITS)
-        difference = v_new5 - effective5
+        # d = v' - (threshold + theta) without waiting for the saturation of v': the unsaturated
+        # v_bias + u' - effective in one carry chain (a carry-save layer folds the three
+        # operands), or bound - effective where v' saturates
+        width = STATE_BITS + 5
+        csa_a, csa_b, csa_c = (Signal(width, name=f"sweep_csa_{n}") for n in "abc")
+        m.d.comb += [csa_a.eq(v_bias5), csa_b.eq(u5), csa_c.eq(~effective5.as_signed())]
+        unsaturated = Signal(signed(width))
+        m.d.comb += unsaturated.eq((csa_a ^ csa_b ^ csa_c)
+                                   + Cat(Const(1, 1), ((csa_a & csa_b) | (csa_a & csa_c) | (csa_b & csa_c))[:-1]))
+        sum5 = Signal(signed(STATE_BITS + 4))
+        m.d.comb += sum5.eq(v_bias5 + u5)
+        sum_top = sum5[STATE_BITS - 1:]
+        lo, hi = signed_range(STATE_BITS)
+        difference = Mux(sum_top.all() | ~sum_top.any(), unsaturated,
+                         Mux(sum5[-1], lo - effective5, hi - effective5))
         active5 = refr5 == 0
         fired5 = Signal()
         m.d.comb += fired5.eq(active5 & (difference >= 0))
