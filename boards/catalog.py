@@ -110,7 +110,7 @@ BOARDS = {board.name: board for board in (
         name="upduino3", description="tinyVision UPduino v3.x (iCE40 UP5K-SG48)",
         family="ice40", platform_factory=_upduino_v3,
         device="up5k", package="sg48", clock="hfosc", clock_resource=None, clock_in_mhz=48,
-        default=ChipShape(cores=1, neurons=256, axons=256, lanes=1, route_entries=256),
+        default=ChipShape(cores=1, neurons=128, axons=128, lanes=1, route_entries=256),
         default_clock_mhz=24,
         leds={"running": ("rgb_led", 0, "g"), "link_error": ("rgb_led", 0, "r"),
               "learning": ("rgb_led", 0, "b")},
