@@ -32,8 +32,8 @@ from neurofabric.hdl.link_testchip import LoopbackChip
 
 #: Candidates per board, largest first: (cores, neurons, axons, lanes, clock MHz).
 CANDIDATES = {
-    "icebreaker": [(1, 64, 64, 4, 24), (1, 16, 16, 1, 24)],
-    "upduino3": [(1, 16, 16, 1, 24)],
+    "icebreaker": [(1, 256, 256, 2, 24), (1, 256, 256, 1, 24), (1, 64, 64, 1, 24), (1, 16, 16, 1, 24)],
+    "upduino3": [(1, 256, 256, 1, 24), (1, 128, 128, 1, 24), (1, 16, 16, 1, 24)],
     "ulx3s-85f": [(6, 256, 256, 8, 50), (5, 256, 256, 8, 50), (4, 256, 256, 8, 50), (2, 256, 256, 8, 50)],
     "colorlight-5a75b": [(4, 128, 128, 8, 50), (3, 128, 128, 8, 50), (2, 128, 128, 8, 50), (1, 256, 256, 8, 50)],
 }

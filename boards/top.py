@@ -69,18 +69,33 @@ class _PulseStretcher(Elaboratable):
         return m
 
 
+def board_chip_factory(family):
+    """The real chip as a board builds it: the host link holds each memory request until its
+    response, so the chip keeps no copy (``request_held``); on iCE40 the router's axon and host
+    FIFOs hold 4 events instead of 8 (logic cells are the UP5K's scarce resource; the depths
+    change throughput only, never results: docs/router.md)."""
+    def factory(shape):
+        from neurofabric.hdl.chip import Chip
+        depths = dict(axon_fifo_depth=4, host_fifo_depth=4) if family == "ice40" else {}
+        return Chip(shape, request_held=True, **depths)
+    return factory
+
+
 class BoardTop(Elaboratable):
     """The design a bitstream is built from; see the module docstring.
 
     `chip_factory` is passed to :class:`~neurofabric.hdl.top.LinkedChip` (default: the real
-    chip). ``linked`` is the :class:`UartLinkedChip`; ``clk`` the PLL output (the ``sync``
-    clock); after elaboration ``statuses`` maps each LED role to the signal it shows.
+    chip, :func:`board_chip_factory`). IDENTIFY names the build after the board. ``linked`` is
+    the :class:`UartLinkedChip`; ``clk`` the PLL output (the ``sync`` clock); after elaboration
+    ``statuses`` maps each LED role to the signal it shows.
     """
 
     def __init__(self, config, *, chip_factory=None):
         self.config = config
-        kwargs = {} if chip_factory is None else {"chip_factory": chip_factory}
-        self.linked = UartLinkedChip(config.shape, divisor=config.divisor, **kwargs)
+        if chip_factory is None:
+            chip_factory = board_chip_factory(config.board.family)
+        self.linked = UartLinkedChip(config.shape, divisor=config.divisor, chip_factory=chip_factory,
+                                     build_name=config.board.name)
         self.clk = Signal()     # the PLL output (carries the timing constraint)
 
     # --- clocking ---------------------------------------------------------------------------

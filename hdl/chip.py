@@ -40,7 +40,7 @@ and 0 (reads).
 """
 
 from amaranth.hdl import Array, Cat, Module, Mux, Signal
-from amaranth.lib import stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from neurofabric.hdl.controller import StepController
@@ -65,28 +65,38 @@ class Chip(wiring.Component):
     """`shape.cores` neuron cores joined by the router, sequenced by the step controller.
 
     `core_factory(index)` builds core `index` (default: ``NeuronCore(neurons, axons, lanes,
-    learning=learning)`` from :mod:`neurofabric.hdl.core`); any component with the core's ports
-    works. With ``learning=True`` every core must have the ``learn`` and ``reward`` inputs of a
+    learning=learning, request_held=True)`` from :mod:`neurofabric.hdl.core`); any component
+    with the core's ports works (the chip holds ``mem.payload`` from a request's acceptance until
+    its response is taken). With ``learning=True`` every core must have the ``learn`` and ``reward`` inputs of a
     learning ``NeuronCore``; they are driven from the chip registers.
     `input_queue_depth` input events can wait ahead of the running step. FIFO depths of the
     router and `route_init` = (pointer_init, entry_init) are passed through to the router.
+    With `request_held`, the driver of `mem` keeps ``mem.payload`` unchanged from a request's
+    acceptance until its response has been taken (as :class:`~neurofabric.hdl.link.HostLink`
+    does), and the chip keeps no copy of the request (69 flip-flops fewer).
     """
 
     def __init__(self, shape, *, core_factory=None, input_queue_depth=64, spike_fifo_depth=4,
-                 axon_fifo_depth=8, host_fifo_depth=8, route_init=None, learning=False):
+                 axon_fifo_depth=8, host_fifo_depth=8, route_init=None, learning=False,
+                 request_held=False):
         if not isinstance(learning, bool):
             self._MustUse__silence = True       # a rejected configuration is not an unused design
             raise ValueError(f"learning must be True or False, not {learning!r}")
+        if not isinstance(request_held, bool):
+            self._MustUse__silence = True
+            raise ValueError(f"request_held must be True or False, not {request_held!r}")
         self.shape = shape
         self.learning = learning
+        self.request_held = request_held
         self.core_factory = core_factory
         self.input_queue_depth = input_queue_depth
         self.router_depths = dict(spike_fifo_depth=spike_fifo_depth, axon_fifo_depth=axon_fifo_depth,
                                   host_fifo_depth=host_fifo_depth)
         if core_factory is None:
             from neurofabric.hdl.core import NeuronCore  # noqa: PLC0415
+            # the chip holds each core's mem.payload (its `request` register) until the response
             core_factory = lambda index: NeuronCore(shape.neurons, shape.axons, shape.lanes,  # noqa: E731
-                                                    learning=learning)
+                                                    learning=learning, request_held=True)
         self.cores = [core_factory(index) for index in range(shape.cores)]
         if learning:
             for index, core in enumerate(self.cores):
@@ -100,7 +110,9 @@ class Chip(wiring.Component):
         pointer_init, entry_init = route_init or ((), ())
         self.router = Router(shape, **self.router_depths, pointer_init=pointer_init, entry_init=entry_init)
         self.controller = StepController(cores=shape.cores, axons=shape.axons, queue_depth=input_queue_depth)
-        self._deliver_slice = SkidBuffer(InputEvent)
+        # the slice carries only what the cores need of an input event: its core and axon
+        self._deliver_slice = SkidBuffer(data.StructLayout({"axon": range(shape.axons),
+                                                            "core": range(shape.cores)}))
         self.encoder_channels = shape.encoder_channels
         self.encoder = InputEncoder(shape) if shape.encoder_channels else None
         super().__init__({
@@ -133,7 +145,12 @@ class Chip(wiring.Component):
         # host inputs pass a register slice: the controller's step-tag compare stays out of the
         # cores' input logic
         m.submodules.deliver_slice = deliver_slice = self._deliver_slice
-        wiring.connect(m, controller.deliver, deliver_slice.i_stream)
+        m.d.comb += [
+            deliver_slice.i_stream.valid.eq(controller.deliver.valid),
+            deliver_slice.i_stream.payload.axon.eq(controller.deliver.payload.axon),
+            deliver_slice.i_stream.payload.core.eq(controller.deliver.payload.core),
+            controller.deliver.ready.eq(deliver_slice.i_stream.ready),
+        ]
         deliver = deliver_slice.o_stream
         deliver_ready = Signal()
         # the input encoder's events: after routed spikes, before host inputs (which wait)
@@ -201,7 +218,8 @@ class Chip(wiring.Component):
             with m.If(pulse):
                 m.d.sync += counters[counter].eq(counters[counter] + 1)
         # routed events count when the step that integrates them starts (as in ChipModel.step)
-        routed_pending = Signal(32)
+        # (at most cores * neurons spikes of one step, 255 route entries each)
+        routed_pending = Signal(range(shape.cores * shape.neurons * 255 + 1))
         with m.If(controller.starting):
             m.d.sync += [
                 counters[Counter.ROUTED_EVENTS].eq(counters[Counter.ROUTED_EVENTS] + routed_pending),
@@ -218,7 +236,7 @@ class Chip(wiring.Component):
                 m.d.comb += [core.learn.eq(learning), core.reward.eq(reward.as_signed())]
 
         # --- memory requests ---------------------------------------------------------------------
-        request = Signal(MemRequest)
+        request = self.mem.payload if self.request_held else Signal(MemRequest)
         resp_data = Signal(32)
         is_router = (request.mem == MemorySpace.ROUTE_POINTER) | (request.mem == MemorySpace.ROUTE_ENTRY)
         core_exists = request.core < shape.cores
@@ -274,7 +292,8 @@ class Chip(wiring.Component):
             with m.State("IDLE"):
                 m.d.comb += self.mem.ready.eq(1)
                 with m.If(self.mem.valid):
-                    m.d.sync += request.eq(self.mem.payload)
+                    if not self.request_held:
+                        m.d.sync += request.eq(self.mem.payload)
                     m.next = "DECODE"
             with m.State("DECODE"):
                 with m.If(is_encoder):

@@ -17,8 +17,8 @@ Step tags are the low 16 bits of the step number: an event tagged ``tag`` at ste
 for now if ``tag == t mod 2**16``, for the future if ``(tag - t) mod 2**16 < 2**15``, else late.
 """
 
-from amaranth.hdl import Assert, Module, Signal
-from amaranth.lib import fifo, stream, wiring
+from amaranth.hdl import Assert, Module, Mux, Signal
+from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from neurofabric.hdl.protocol import Event, EventKind, InputEvent
@@ -44,6 +44,10 @@ class StepController(wiring.Component):
 
     Cycle behaviour: one input event per cycle during DELIVER; the fixed overhead per step is
     about ``GUARD_CYCLES + 4`` cycles plus the time the cores and the router need.
+
+    The queue stores an event in as few bits as the chip needs: the step tag, the axon and
+    core indices in the widths of `axons` and `cores`, and whether the event names a core and
+    axon that exist (checked as it is queued; one that does not is dropped at its step).
     """
 
     def __init__(self, *, cores, axons, queue_depth=64):
@@ -74,29 +78,49 @@ class StepController(wiring.Component):
     def elaborate(self, platform):
         m = Module()
 
-        m.submodules.queue = queue = fifo.SyncFIFOBuffered(width=InputEvent.as_shape().size,
-                                                           depth=self.queue_depth)
-        wiring.connect(m, wiring.flipped(self.inject), queue.w_stream)
-        head = InputEvent(queue.r_data)
+        queued = data.StructLayout({"step": 16, "exists": 1, "axon": range(self.axons),
+                                    "core": range(self.cores)})
+        m.submodules.queue = queue = fifo.SyncFIFOBuffered(width=queued.size, depth=self.queue_depth)
+        incoming = self.inject.payload
+        entry = Signal(queued)      # indices truncated to their widths once `exists` is known
+        m.d.comb += [
+            entry.step.eq(incoming.step),
+            entry.exists.eq((incoming.core < self.cores) & (incoming.axon < self.axons)),
+            entry.axon.eq(incoming.axon),
+            entry.core.eq(incoming.core),
+            queue.w_data.eq(entry),
+            queue.w_en.eq(self.inject.valid),
+            self.inject.ready.eq(queue.w_rdy),
+        ]
+        head_queued = queued(queue.r_data)
+        head = Signal(InputEvent)
+        m.d.comb += [head.step.eq(head_queued.step), head.axon.eq(head_queued.axon),
+                     head.core.eq(head_queued.core)]
         m.d.comb += self.queue_empty.eq(queue.level == 0)
 
         remaining = Signal(32)
         finishing = Signal()            # this cycle's marker is taken: one step fewer
-        total = Signal(34)
-        m.d.comb += [
-            self.run.ready.eq(1),
-            total.eq(remaining - finishing + (self.run.payload & self.run.valid.replicate(32))),
-        ]
-        with m.If(total[32:] != 0):
-            m.d.sync += remaining.eq((1 << 32) - 1)
-        with m.Else():
-            m.d.sync += remaining.eq(total[:32])
+        m.d.comb += self.run.ready.eq(1)
+        # remaining' = sat32(remaining - finishing + run): both sums come from registers, and the
+        # late handshakes (`finishing`, `run.valid`) only select among them (remaining >= 1
+        # whenever a marker is taken)
+        fewer = Signal(32)
+        m.d.comb += fewer.eq(remaining - 1)
+
+        def plus_run(value):
+            total = Signal(33)
+            m.d.comb += total.eq(value + self.run.payload)
+            return Mux(total[32], (1 << 32) - 1, total[:32])
+        with m.If(self.run.valid):
+            m.d.sync += remaining.eq(Mux(finishing, plus_run(fewer), plus_run(remaining)))
+        with m.Elif(finishing):
+            m.d.sync += remaining.eq(fewer)
 
         tag_distance = Signal(16)
         m.d.comb += tag_distance.eq(head.step - self.step[:16])
         now = tag_distance == 0
         past = tag_distance[15]
-        exists = (head.core < self.cores) & (head.axon < self.axons)
+        exists = head_queued.exists
 
         guard = Signal(range(GUARD_CYCLES + 1))
         m.d.comb += [

@@ -62,9 +62,13 @@ def _check_param(name, value, lo, hi):
 
 
 def _saturate(value, bits):
-    """Clamp a signed value (wider than `bits`) to the `bits`-wide signed range."""
+    """Clamp a signed value (wider than `bits`) to the `bits`-wide signed range. The value is in
+    range when its bits from `bits - 1` up are all equal (a balanced reduction, not a compare
+    along a carry chain); otherwise its sign picks the bound."""
     lo, hi = signed_range(bits)
-    return Mux(value > hi, hi, Mux(value < lo, lo, value[:bits].as_signed()))
+    top = value[bits - 1:]
+    in_range = top.all() | ~top.any()
+    return Mux(in_range, value[:bits].as_signed(), Mux(value[-1], lo, hi))
 
 
 def lfsr_seed_value(seed, lane):
@@ -108,6 +112,11 @@ class NeuronCore(wiring.Component):
     learning : bool
         Add on-chip trace-based STDP (the model's ``_learn``, docs/learning_hw.md). Without it
         the core is the inference-only build and holds no learning logic at all.
+    request_held : bool
+        The driver of `mem` keeps ``mem.payload`` unchanged from a request's acceptance until
+        its response has been taken (as :class:`~neurofabric.hdl.chip.Chip` does): the core
+        then works from ``mem.payload`` and keeps no copy of the request (about 60 flip-flops
+        fewer). Default False: the core registers each request.
 
     Ports
     -----
@@ -137,7 +146,7 @@ class NeuronCore(wiring.Component):
 
     Cycle behaviour: an event's weight row streams through a read -> add -> write-back pipeline
     at `lanes` synapses per cycle (latency 4); the update sweep issues one neuron per cycle
-    through a 10-stage pipeline: ``neurons + 13`` cycles from `step` to idle when `spike_out`
+    through a 7-stage pipeline: ``neurons + 10`` cycles from `step` to idle when `spike_out`
     keeps up (the sweep holds 15 credits for the 16-entry spike FIFO, so it never overruns it).
 
     With ``learning=True`` and learning enabled for a step (`learn` and ``CoreRegister.LEARNING``
@@ -150,7 +159,7 @@ class NeuronCore(wiring.Component):
     neurons with a spike, each potentiated one axon per cycle for all its fired lanes at once).
     """
 
-    def __init__(self, neurons, axons, lanes, learning=False):
+    def __init__(self, neurons, axons, lanes, learning=False, *, request_held=False):
         self._MustUse__silence = True       # a rejected configuration is not an unused design
         _check_param("neurons", neurons, 1, 1 << 16)
         _check_param("axons", axons, 1, 1 << 16)
@@ -165,8 +174,11 @@ class NeuronCore(wiring.Component):
                 "(the WEIGHT address space)")
         if not isinstance(learning, bool):
             raise CoreConfigError(f"learning must be True or False, not {learning!r}")
+        if not isinstance(request_held, bool):
+            raise CoreConfigError(f"request_held must be True or False, not {request_held!r}")
         self._MustUse__silence = False
         self.neurons, self.axons, self.lanes, self.learning = neurons, axons, lanes, learning
+        self.request_held = request_held
         self.words = neurons // lanes          #: memory words per weight row / accumulator bank
         members = {
             "axon_in": In(stream.Signature(range(axons))),
@@ -199,43 +211,59 @@ class NeuronCore(wiring.Component):
             acc_rd.append(acc_mem.read_port(transparent_for=()))
             acc_wr.append(acc_mem.write_port())
 
-        neuron_layout = data.StructLayout({"bias": signed(STATE_BITS), "profile": PROFILE_BITS})
-        m.submodules.neuron_mem = neuron_mem = Memory(shape=neuron_layout, depth=N, init=[])
-        neuron_rd = neuron_mem.read_port(transparent_for=())
-        neuron_wr = neuron_mem.write_port()
-
-        state_shapes = {
-            "u": signed(STATE_BITS), "v": signed(STATE_BITS),
-            "refractory": unsigned(REFRACTORY_BITS), "theta": signed(STATE_BITS),
+        # the per-neuron words, in two memories written per byte: `state_mem` holds what the
+        # sweep needs first (read at S0): u, v, theta and the profile index; `neuron_mem` what
+        # it needs later (read at S4, so no pipeline register carries them): the bias and the
+        # refractory counter. The sweep writes both back at S9.
+        state_fields = {
+            "u": (0, signed(STATE_BITS)), "v": (STATE_BITS, signed(STATE_BITS)),
+            "theta": (2 * STATE_BITS, signed(STATE_BITS)), "profile": (3 * STATE_BITS, unsigned(PROFILE_BITS)),
         }
-        state_rd, state_wr = {}, {}
-        for name, shape in state_shapes.items():
-            state_mem = Memory(shape=shape, depth=N, init=[])
-            m.submodules[f"state_{name}_mem"] = state_mem
-            state_rd[name] = state_mem.read_port(transparent_for=())
-            state_wr[name] = state_mem.write_port()
+        neuron_fields = {"bias": (0, signed(STATE_BITS)), "refractory": (STATE_BITS, unsigned(REFRACTORY_BITS))}
+        m.submodules.state_mem = state_mem = Memory(shape=unsigned(3 * STATE_BITS + 8), depth=N, init=[])
+        state_rd = state_mem.read_port(transparent_for=())
+        state_wr = state_mem.write_port(granularity=8)
+        m.submodules.neuron_mem = neuron_mem = Memory(shape=unsigned(STATE_BITS + 8), depth=N, init=[])
+        neuron_rd = neuron_mem.read_port(transparent_for=())
+        neuron_wr = neuron_mem.write_port(granularity=8)
+
+        def fields_of(word, fields):
+            return {name: word[offset:offset + shape.width].as_signed() if shape.signed
+                    else word[offset:offset + shape.width]
+                    for name, (offset, shape) in fields.items()}
+        state_read = fields_of(state_rd.data, state_fields)
+        neuron_read = fields_of(neuron_rd.data, neuron_fields)
+
+        def field_bytes(fields, name):
+            """The write-enable bits of field `name` of a word of `fields`."""
+            offset, shape = fields[name]
+            return ((1 << ((shape.width + 7) // 8)) - 1) << (offset // 8)
 
         # profiles: one memory per group of fields read at the same sweep stage, 8 entries each
-        # (LUT RAM on ECP5, EBR on iCE40). Decays are stored as factors 4096 - d.
+        # (LUT RAM on ECP5, EBR on iCE40; 120 bits: 8 iCE40 block RAMs, 16 bits wide each).
+        # Decays are stored as factors 4096 - d, with the reset mode (read with them and carried
+        # to the reset stage): du [0:13], dv [13:26], dtheta [26:39], reset_mode [39].
+        factor_bits = DECAY_BITS + 1
         m.submodules.profile_decay_mem = profile_decay_mem = Memory(
-            shape=data.ArrayLayout(unsigned(DECAY_BITS + 1), 3), depth=PROFILE_COUNT,
-            init=[[DECAY_ONE] * 3] * PROFILE_COUNT)          # factors of du, dv, dtheta
+            shape=unsigned(3 * factor_bits + 1), depth=PROFILE_COUNT,
+            init=[DECAY_ONE * (1 + (1 << factor_bits) + (1 << 2 * factor_bits))] * PROFILE_COUNT)
         m.submodules.profile_threshold_mem = profile_threshold_mem = Memory(
             shape=data.ArrayLayout(signed(STATE_BITS), 2), depth=PROFILE_COUNT,
             init=[[DEFAULT_THRESHOLD, 0]] * PROFILE_COUNT)   # threshold, theta_plus
-        m.submodules.profile_v_reset_mem = profile_v_reset_mem = Memory(
-            shape=signed(STATE_BITS), depth=PROFILE_COUNT, init=[])
+        # v_reset [0:24], refractory period [24:32]
         m.submodules.profile_reset_mem = profile_reset_mem = Memory(
-            shape=data.ArrayLayout(unsigned(REFRACTORY_BITS), 2), depth=PROFILE_COUNT,
-            init=[])                                           # reset_mode, refractory
+            shape=unsigned(STATE_BITS + REFRACTORY_BITS), depth=PROFILE_COUNT, init=[])
         profile_decay_rd = profile_decay_mem.read_port(transparent_for=())
-        profile_decay_wr = profile_decay_mem.write_port(granularity=1)      # one field per enable bit
+        profile_decay_wr = profile_decay_mem.write_port(granularity=1)      # one bit per enable bit
         profile_threshold_rd = profile_threshold_mem.read_port(transparent_for=())
         profile_threshold_wr = profile_threshold_mem.write_port(granularity=1)
-        profile_v_reset_rd = profile_v_reset_mem.read_port(transparent_for=())
-        profile_v_reset_wr = profile_v_reset_mem.write_port()
         profile_reset_rd = profile_reset_mem.read_port(transparent_for=())
-        profile_reset_wr = profile_reset_mem.write_port(granularity=1)
+        profile_reset_wr = profile_reset_mem.write_port(granularity=8)
+        decay_factor = {name: profile_decay_rd.data[k * factor_bits:(k + 1) * factor_bits]
+                        for k, name in enumerate(("u", "v", "theta"))}
+        profile_reset_mode = profile_decay_rd.data[3 * factor_bits]
+        profile_v_reset = profile_reset_rd.data[:STATE_BITS].as_signed()
+        profile_refractory = profile_reset_rd.data[STATE_BITS:]
         weight_exp = Signal(WEIGHT_EXP_BITS)
 
         # with learning, the FIFO holds a whole sweep's spikes: the sweep (and the learning phase
@@ -250,7 +278,7 @@ class NeuronCore(wiring.Component):
         ]
 
         # --- memory requests: accept (cycle 0), access (cycle 1), respond (cycle 2) -----------
-        request = Signal(MemRequest)
+        request = self.mem.payload if self.request_held else Signal(MemRequest)
         mem_access = Signal()       # the memories are addressed by `request` this cycle
         mem_collect = Signal()      # their read data is valid this cycle
         mem_format = Signal()       # the response is built from the registered read data
@@ -330,7 +358,8 @@ class NeuronCore(wiring.Component):
                                       & ~mem_format & ~resp_valid & ~self.axon_in.valid)
         m.d.sync += mem_access.eq(self.mem.valid & self.mem.ready)
         with m.If(self.mem.valid & self.mem.ready):
-            m.d.sync += request.eq(self.mem.payload)
+            if not self.request_held:
+                m.d.sync += request.eq(self.mem.payload)
         m.d.sync += [mem_collect.eq(mem_access), mem_format.eq(mem_collect)]
 
         write = mem_access & request.write
@@ -341,41 +370,45 @@ class NeuronCore(wiring.Component):
         decay_value = Mux(request.data > DECAY_ONE, DECAY_ONE, request.data[:DECAY_BITS + 1])
         m.d.comb += [
             profile_decay_wr.addr.eq(req_profile),
-            profile_decay_wr.data.eq(Cat(*[(DECAY_ONE - decay_value)[:DECAY_BITS + 1]] * 3)),
+            profile_decay_wr.data.eq(Cat(*[(DECAY_ONE - decay_value)[:factor_bits]] * 3,
+                                         request.data[0])),
             profile_threshold_wr.addr.eq(req_profile),
             profile_threshold_wr.data.eq(Cat(*[request.data[:STATE_BITS]] * 2)),
-            profile_v_reset_wr.addr.eq(req_profile),
-            profile_v_reset_wr.data.eq(request.data[:STATE_BITS]),
             profile_reset_wr.addr.eq(req_profile),
-            profile_reset_wr.data.eq(Cat(request.data[:1], Const(0, REFRACTORY_BITS - 1),
-                                         request.data[:REFRACTORY_BITS])),
+            profile_reset_wr.data.eq(Cat(request.data[:STATE_BITS], request.data[:REFRACTORY_BITS])),
         ]
+        field_bits = (1 << factor_bits) - 1
         with m.If(profile_write):
             with m.Switch(req_profile_field):
                 for field, port, enable in (
-                        (ProfileField.DU, profile_decay_wr, 0b001),
-                        (ProfileField.DV, profile_decay_wr, 0b010),
-                        (ProfileField.DTHETA, profile_decay_wr, 0b100),
+                        (ProfileField.DU, profile_decay_wr, field_bits),
+                        (ProfileField.DV, profile_decay_wr, field_bits << factor_bits),
+                        (ProfileField.DTHETA, profile_decay_wr, field_bits << 2 * factor_bits),
+                        (ProfileField.RESET_MODE, profile_decay_wr, 1 << 3 * factor_bits),
                         (ProfileField.THRESHOLD, profile_threshold_wr, 0b01),
                         (ProfileField.THETA_PLUS, profile_threshold_wr, 0b10),
-                        (ProfileField.V_RESET, profile_v_reset_wr, 0b1),
-                        (ProfileField.RESET_MODE, profile_reset_wr, 0b01),
-                        (ProfileField.REFRACTORY, profile_reset_wr, 0b10)):
+                        (ProfileField.V_RESET, profile_reset_wr, 0b0111),
+                        (ProfileField.REFRACTORY, profile_reset_wr, 0b1000)):
                     with m.Case(field.value):
                         m.d.comb += port.en.eq(enable)
         with m.If(mem_collect):
-            # the profile memories were addressed by the request in the access cycle
+            # the profile memories were addressed by the request in the access cycle; a decay
+            # is 4096 - its stored factor (one subtractor for the three)
+            factor_read = Signal(factor_bits)
+            with m.Switch(req_profile_field):
+                for field, name in ((ProfileField.DU, "u"), (ProfileField.DV, "v"),
+                                    (ProfileField.DTHETA, "theta")):
+                    with m.Case(field.value):
+                        m.d.comb += factor_read.eq(decay_factor[name])
             with m.Switch(req_profile_field):
                 for field, value in (
-                        (ProfileField.DU, DECAY_ONE - profile_decay_rd.data[0]),
-                        (ProfileField.DV, DECAY_ONE - profile_decay_rd.data[1]),
-                        (ProfileField.DTHETA, DECAY_ONE - profile_decay_rd.data[2]),
-                        (ProfileField.THRESHOLD, profile_threshold_rd.data[0]),
-                        (ProfileField.THETA_PLUS, profile_threshold_rd.data[1]),
-                        (ProfileField.V_RESET, profile_v_reset_rd.data),
-                        (ProfileField.RESET_MODE, profile_reset_rd.data[0][0]),
-                        (ProfileField.REFRACTORY, profile_reset_rd.data[1])):
-                    with m.Case(field.value):
+                        ((ProfileField.DU, ProfileField.DV, ProfileField.DTHETA), DECAY_ONE - factor_read),
+                        ((ProfileField.THRESHOLD,), profile_threshold_rd.data[0]),
+                        ((ProfileField.THETA_PLUS,), profile_threshold_rd.data[1]),
+                        ((ProfileField.V_RESET,), profile_v_reset),
+                        ((ProfileField.RESET_MODE,), profile_reset_mode),
+                        ((ProfileField.REFRACTORY,), profile_refractory)):
+                    with m.Case(*(f.value for f in field)):
                         m.d.sync += profile_read.eq(value)     # sign-extends signed fields
         with m.If(mem_access):
             with m.If(write & weight_exp_hit):
@@ -394,32 +427,36 @@ class NeuronCore(wiring.Component):
             m.d.comb += weight_wr.en.eq(1 << req_lane)
         m.d.comb += weight_rd.en.eq(~weight_write)
 
-        neuron_addr = Signal(range(N))
-        m.d.comb += [
-            neuron_addr.eq(Mux(mem_access, req_neuron, sweep_neuron)),
-            neuron_rd.addr.eq(neuron_addr),
-            neuron_wr.addr.eq(neuron_addr),
-            neuron_wr.data.bias.eq(request.data[:STATE_BITS]),
-            neuron_wr.data.profile.eq(request.data[STATE_BITS:STATE_BITS + PROFILE_BITS]),
-            neuron_wr.en.eq(write & req_hit[MemorySpace.NEURON]),
-            neuron_rd.en.eq(~neuron_wr.en),
-        ]
-        for name in state_shapes:
-            m.d.comb += state_rd[name].addr.eq(neuron_addr)
-        state_write_request = {
-            name: write & req_hit[MemorySpace.STATE] & (req_field == field.value)
-            for name, field in (("u", StateField.U), ("v", StateField.V),
-                                ("refractory", StateField.REFRACTORY),
-                                ("theta", StateField.THETA))}
+        # a request addresses both per-neuron memories (the sweep: state_mem at S0, neuron_mem
+        # at S4, below)
+        m.d.comb += state_rd.addr.eq(Mux(mem_access, req_neuron, sweep_neuron))
+        # request writes: neuron_mem in the access cycle; state_mem one cycle later (collect),
+        # from the sweep's last registers, which take the request's word in the access cycle
+        # (S9 below: no write-data multiplexer in front of the memory)
+        state_write_request = Signal(len(state_wr.en))
+        neuron_write_request = Signal(len(neuron_wr.en))
+        collect_write = mem_collect & request.write
+        with m.If(write & req_hit[MemorySpace.NEURON]):
+            m.d.comb += neuron_write_request.eq(field_bytes(neuron_fields, "bias"))
+        with m.If(collect_write & req_hit[MemorySpace.NEURON]):
+            m.d.comb += state_write_request.eq(field_bytes(state_fields, "profile"))
+        with m.If(write & req_hit[MemorySpace.STATE] & (req_field == StateField.REFRACTORY.value)):
+            m.d.comb += neuron_write_request.eq(field_bytes(neuron_fields, "refractory"))
+        with m.If(collect_write & req_hit[MemorySpace.STATE]):
+            with m.Switch(req_field):
+                for field, name in ((StateField.U, "u"), (StateField.V, "v"), (StateField.THETA, "theta")):
+                    with m.Case(field.value):
+                        m.d.comb += state_write_request.eq(field_bytes(state_fields, name))
 
         # collect: the memory outputs go straight into registers (block RAM clock-to-out is
-        # slow); format: the response word is picked from them one cycle later
+        # slow): the first registers of the integration and sweep pipelines, which take them in
+        # every cycle; format: the response word is picked from them one cycle later
         raw_weights = Signal(WEIGHT_BITS * P)
-        raw_neuron = Signal(neuron_layout)
-        raw_state = {name: Signal(shape, name=f"raw_{name}") for name, shape in state_shapes.items()}
-        with m.If(mem_collect):
-            m.d.sync += [raw_weights.eq(weight_rd.data), raw_neuron.eq(neuron_rd.data)]
-            m.d.sync += [raw_state[name].eq(state_rd[name].data) for name in state_shapes]
+        raw_bias = Signal(signed(STATE_BITS))
+        raw_profile = Signal(PROFILE_BITS)
+        raw_state = {name: Signal(shape, name=f"raw_{name}") for name, shape in (
+            ("u", signed(STATE_BITS)), ("v", signed(STATE_BITS)), ("theta", signed(STATE_BITS)),
+            ("refractory", unsigned(REFRACTORY_BITS)))}
         with m.If(mem_format):
             m.d.sync += resp_valid.eq(1)
             m.d.sync += resp_data.eq(0)
@@ -429,7 +466,7 @@ class NeuronCore(wiring.Component):
                               else raw_weights).as_signed()
                     m.d.sync += resp_data.eq(weight)
                 with m.If(req_hit[MemorySpace.NEURON]):
-                    m.d.sync += resp_data.eq(Cat(raw_neuron.bias, raw_neuron.profile))
+                    m.d.sync += resp_data.eq(Cat(raw_bias, raw_profile))
                 with m.If(req_hit[MemorySpace.PROFILE]):
                     m.d.sync += resp_data.eq(profile_read)
                 with m.If(req_hit[MemorySpace.STATE]):
@@ -525,18 +562,6 @@ class NeuronCore(wiring.Component):
                 m.d.sync += sweep_neuron.eq(sweep_neuron + 1)
         credit_return = Signal(2)
 
-        sweep_word = Signal(range(W))
-        sweep_lane = Signal(range(P))
-        m.d.comb += [sweep_word.eq(sweep_neuron >> lane_bits),
-                     sweep_lane.eq(sweep_neuron[:lane_bits] if lane_bits else 0)]
-        for b in range(2):
-            with m.If(sweep_issuing & (sweep_bank == b)):
-                m.d.comb += acc_rd[b].addr.eq(sweep_word)
-                m.d.sync += Assert(~(iss_active & (iss_bank == b)),
-                                   "accumulator bank read by integration and sweep at once")
-            with m.Else():
-                m.d.comb += acc_rd[b].addr.eq(iss_word)
-
         def stage(name, value, shape=None):
             """A pipeline register holding `value` one cycle later."""
             # only the valid bits need a reset; data registers are reset-less (cheaper)
@@ -545,46 +570,49 @@ class NeuronCore(wiring.Component):
             m.d.sync += reg.eq(value)
             return reg
 
-        # S1: memory data out. The first neuron of a word latches the accumulator word and
-        # clears it in its bank.
-        v1 = stage("valid1", sweep_issue)
-        n1 = stage("neuron1", sweep_neuron)
-        lane1 = stage("lane1", sweep_lane)
-        word1 = stage("word1", sweep_word)
-        acc_word = Signal(acc_layout)
-        first_of_word = v1 & (lane1 == 0)
-        with m.If(first_of_word):
-            m.d.sync += acc_word.eq(Mux(sweep_bank, acc_rd[1].data.as_value(),
-                                        acc_rd[0].data.as_value()))
-        m.d.comb += [sweep_clear.eq(first_of_word), sweep_clear_word.eq(word1)]
-
-        v2 = stage("valid2", v1)
-        n2 = stage("neuron2", n1)
-        lane2 = stage("lane2", lane1)
-        bias2 = stage("bias2", neuron_rd.data.bias)
-        profile2 = stage("profile2", neuron_rd.data.profile)
-        u2 = stage("u2", state_rd["u"].data)
-        v_2 = stage("v2", state_rd["v"].data)
-        refr2 = stage("refractory2", state_rd["refractory"].data)
-        theta2 = stage("theta2", state_rd["theta"].data)
-
-        # S2: decay factors (read from the profile), the accumulator lane, magnitudes
-        def profile_address(port, stage_index):
+        def profile_address(port, index):
             """Address a profile memory from the sweep (or from a request while one runs)."""
-            m.d.comb += port.addr.eq(Mux(mem_access, req_profile, stage_index))
+            m.d.comb += port.addr.eq(Mux(mem_access, req_profile, index))
 
-        profile_address(profile_decay_rd, profile2)
-        v3 = stage("valid3", v2)
-        n3 = stage("neuron3", n2)
-        factor3 = {x: profile_decay_rd.data[i] for i, x in enumerate(("u", "v", "theta"))}
-        acc3 = stage("acc3", acc_word[lane2] if P > 1 else acc_word[0], signed(ACC_BITS))
+        def counter(name, valid):
+            """The index of the neuron at the stage whose valid bit is `valid`: neurons pass
+            every stage in order, one per valid cycle."""
+            index = Signal(range(N), name=f"sweep_{name}")
+            with m.If(sweep_pending):
+                m.d.sync += index.eq(0)
+            with m.Elif(valid):
+                m.d.sync += index.eq(Mux(index == N - 1, 0, index + 1))
+            return index
+
+        # S1: state_mem data out; its profile index addresses the decay factors
+        v1 = stage("valid1", sweep_issue)
+        profile_address(profile_decay_rd, state_read["profile"])
+
+        # S2: the decay factors and the reset mode (profile_decay_mem) out. The partial
+        # products of decay(x) = (x * f + (x < 0 ? 4095 : 0)) >> 12, which rounds toward zero
+        # as the model does: x = 4096 xh + xl, so decay(x) = xh f + ((xl f + r) >> 12)
+        # (xh: x >> 12, signed; xl: x[11:0]; one DSP each). The accumulator word and the bias
+        # and refractory counter (neuron_mem) of the neuron are read.
+        v2 = stage("valid2", v1)
+        profile2 = stage("profile2", state_read["profile"])
+        u2 = stage("u2", state_read["u"])
+        v_2 = stage("v2", state_read["v"])
+        theta2 = stage("theta2", state_read["theta"])
         raw2 = {"u": u2, "v": v_2, "theta": theta2}
-        negative3 = {x: stage(f"negative_{x}3", raw2[x] < 0) for x in raw2}
-        magnitude3 = {x: stage(f"magnitude_{x}3", Mux(raw2[x] < 0, -raw2[x], raw2[x]),
-                               unsigned(STATE_BITS)) for x in raw2}
-        bias3 = stage("bias3", bias2)
-        refr3 = stage("refractory3", refr2)
-        profile3 = stage("profile3", profile2)
+        half = DECAY_BITS
+        sweep_neuron2 = counter("neuron2", v2)
+        word2 = Signal(range(W))
+        lane2 = Signal(range(P))
+        m.d.comb += [word2.eq(sweep_neuron2 >> lane_bits),
+                     lane2.eq(sweep_neuron2[:lane_bits] if lane_bits else 0)]
+        for b in range(2):
+            with m.If(v2 & (sweep_bank == b)):
+                m.d.comb += acc_rd[b].addr.eq(word2)
+                m.d.sync += Assert(~(iss_active & (iss_bank == b)),
+                                   "accumulator bank read by integration and sweep at once")
+            with m.Else():
+                m.d.comb += acc_rd[b].addr.eq(iss_word)
+        m.d.comb += neuron_rd.addr.eq(Mux(mem_access, req_neuron, sweep_neuron2))
 
         def carry(name, value, count, first):
             """Pass `value` through `count` further pipeline registers."""
@@ -592,104 +620,125 @@ class NeuronCore(wiring.Component):
                 value = stage(f"{name}{k}", value)
             return value
 
-        # S3: partial products |x|[23:12] * f and |x|[11:0] * f; the weight-exponent shift
+        # the reset mode is read with the decay factors (S2) and carried to the reset (S6)
+        reset_mode6 = carry("reset_mode", profile_reset_mode, 4, 3)
+
+        # S3: the products out; the accumulator word out (the first neuron of a word latches it
+        # and clears it in its bank); neuron_mem out; the threshold memory is addressed
+        v3 = stage("valid3", v2)
+        high3 = {x: stage(f"high_{x}3", raw2[x][half:].as_signed() * decay_factor[x]) for x in raw2}
+        low3 = {x: stage(f"low_{x}3", raw2[x][:half] * decay_factor[x]) for x in raw2}
+        negative3 = {x: stage(f"negative_{x}3", raw2[x] < 0) for x in raw2}
+        lane3 = stage("lane3", lane2)
+        word3 = stage("word3", word2)
+        profile3 = stage("profile3", profile2)
+        acc_word = Signal(acc_layout)
+        acc_data = Signal(acc_layout)
+        m.d.comb += acc_data.eq(Mux(sweep_bank, acc_rd[1].data.as_value(), acc_rd[0].data.as_value()))
+        first_of_word = v3 & (lane3 == 0)
+        with m.If(first_of_word):
+            m.d.sync += acc_word.eq(acc_data)
+        m.d.comb += [sweep_clear.eq(first_of_word), sweep_clear_word.eq(word3)]
+        # the neuron's accumulator lane: lane 0 from the memory, the others from the latched word
+        acc_lane3 = Mux(lane3 == 0, acc_data[0], acc_word[lane3]) if P > 1 else acc_data[0]
+        profile_address(profile_threshold_rd, profile3)
+
+        # S4: decay(x); the accumulator lane shifted by the weight exponent; the bias and the
+        # refractory counter
         v4 = stage("valid4", v3)
-        n4 = stage("neuron4", n3)
-        half = DECAY_BITS
-        high4 = {x: stage(f"high_{x}4", magnitude3[x][half:] * factor3[x]) for x in raw2}
-        low4 = {x: stage(f"low_{x}4", magnitude3[x][:half] * factor3[x]) for x in raw2}
-        shifted4 = stage("shifted4", acc3 << weight_exp)
-
-        # S4: |x| * f >> 12 = high + (low >> 12)
-        v5 = stage("valid5", v4)
-        n5 = stage("neuron5", n4)
-        decayed_magnitude5 = {x: stage(f"decayed_magnitude_{x}5", high4[x] + (low4[x] >> half),
-                                       unsigned(STATE_BITS + 1)) for x in raw2}
-        negative5 = {x: carry(f"negative_{x}", negative3[x], 2, 4) for x in raw2}
-        shifted5 = stage("shifted5", shifted4)
-        profile5 = carry("profile", profile3, 2, 4)
-
-        # S5: restore the sign (rounding toward zero); threshold and theta_plus of the profile
-        profile_address(profile_threshold_rd, profile5)
-        v6 = stage("valid6", v5)
-        n6 = stage("neuron6", n5)
-        decayed6 = {x: stage(f"decayed_{x}6", Mux(negative5[x], -decayed_magnitude5[x],
-                                                   decayed_magnitude5[x]),
+        decayed4 = {x: stage(f"decayed_{x}4",
+                             high3[x] + (low3[x] >> half) + (negative3[x] & (low3[x][:half] != 0)),
                              signed(STATE_BITS + 2)) for x in raw2}
-        shifted6 = stage("shifted6", shifted5)
-        threshold6 = profile_threshold_rd.data[0]
-        theta_plus6 = profile_threshold_rd.data[1]
-        bias6 = carry("bias", bias3, 3, 4)
-        refr6 = carry("refractory", refr3, 3, 4)
-        profile6 = stage("profile6", profile5)
+        shifted4 = stage("shifted4", acc_lane3 << weight_exp, signed(ACC_BITS + (1 << WEIGHT_EXP_BITS) - 1))
+        bias4 = stage("bias4", neuron_read["bias"])
+        refr4 = stage("refractory4", neuron_read["refractory"])
+        profile4 = stage("profile4", profile3)
+        threshold4 = profile_threshold_rd.data[0]
+        theta_plus4 = profile_threshold_rd.data[1]
+        # the request path reads the memories through the pipeline's first registers
+        m.d.comb += [raw_bias.eq(bias4), raw_profile.eq(profile2),
+                     raw_state["u"].eq(u2), raw_state["v"].eq(v_2), raw_state["theta"].eq(theta2),
+                     raw_state["refractory"].eq(refr4), raw_weights.eq(weights2)]
 
-        # S6: u' = sat(decay(u) + (acc << exp)); decay(v) + bias; threshold + theta;
-        #     theta + theta_plus (saturating)
-        v7 = stage("valid7", v6)
-        n7 = stage("neuron7", n6)
-        u7 = stage("u7", _saturate(decayed6["u"] + shifted6, STATE_BITS), signed(STATE_BITS))
-        v_bias7 = stage("v_bias7", decayed6["v"] + bias6, signed(STATE_BITS + 3))
-        effective7 = stage("effective7", threshold6 + decayed6["theta"], signed(STATE_BITS + 3))
-        theta7 = stage("theta7", decayed6["theta"][:STATE_BITS].as_signed(), signed(STATE_BITS))
-        theta_bumped7 = stage("theta_bumped7", _saturate(decayed6["theta"] + theta_plus6, STATE_BITS),
+        # S4 -> S5: u' = sat(decay(u) + (acc << exp)); decay(v) + bias; threshold + theta;
+        #           theta + theta_plus (saturating)
+        v5 = stage("valid5", v4)
+        u5 = stage("u5", _saturate(decayed4["u"] + shifted4, STATE_BITS), signed(STATE_BITS))
+        v_bias5 = stage("v_bias5", decayed4["v"] + bias4, signed(STATE_BITS + 3))
+        effective5 = stage("effective5", threshold4 + decayed4["theta"], signed(STATE_BITS + 3))
+        theta5 = stage("theta5", decayed4["theta"][:STATE_BITS].as_signed(), signed(STATE_BITS))
+        theta_bumped5 = stage("theta_bumped5", _saturate(decayed4["theta"] + theta_plus4, STATE_BITS),
                               signed(STATE_BITS))
-        refr7 = stage("refractory7", refr6)
-        profile7 = stage("profile7", profile6)
+        refr5 = stage("refractory5", refr4)
+        profile5 = stage("profile5", profile4)
 
-        # S7: v' = sat(decay(v) + u' + bias)
-        v8 = stage("valid8", v7)
-        n8 = stage("neuron8", n7)
-        v_new8 = stage("v_new8", _saturate(v_bias7 + u7, STATE_BITS), signed(STATE_BITS))
-        u8 = stage("u8", u7)
-        effective8 = stage("effective8", effective7)
-        theta8 = stage("theta8", theta7)
-        theta_bumped8 = stage("theta_bumped8", theta_bumped7)
-        refr8 = stage("refractory8", refr7)
-        profile8 = stage("profile8", profile7)
+        # S5 -> S6: v' = sat(decay(v) + u' + bias); compare against threshold + theta (one
+        # subtraction gives both the comparison and the subtract-reset value); the reset fields
+        # of the profile
+        profile_address(profile_reset_rd, profile5)
+        v6 = stage("valid6", v5)
+        n6 = counter("neuron6", v6)
+        v_new5 = _saturate(v_bias5 + u5, STATE_BITS)
+        # d = v' - (threshold + theta) without waiting for the saturation of v': the unsaturated
+        # v_bias + u' - effective in one carry chain (a carry-save layer folds the three
+        # operands), or bound - effective where v' saturates
+        width = STATE_BITS + 5
+        csa_a, csa_b, csa_c = (Signal(width, name=f"sweep_csa_{n}") for n in "abc")
+        m.d.comb += [csa_a.eq(v_bias5), csa_b.eq(u5), csa_c.eq(~effective5.as_signed())]
+        unsaturated = Signal(signed(width))
+        m.d.comb += unsaturated.eq((csa_a ^ csa_b ^ csa_c)
+                                   + Cat(Const(1, 1), ((csa_a & csa_b) | (csa_a & csa_c) | (csa_b & csa_c))[:-1]))
+        sum5 = Signal(signed(STATE_BITS + 4))
+        m.d.comb += sum5.eq(v_bias5 + u5)
+        sum_top = sum5[STATE_BITS - 1:]
+        lo, hi = signed_range(STATE_BITS)
+        difference = Mux(sum_top.all() | ~sum_top.any(), unsaturated,
+                         Mux(sum5[-1], lo - effective5, hi - effective5))
+        active5 = refr5 == 0
+        fired5 = Signal()
+        m.d.comb += fired5.eq(active5 & (difference >= 0))
+        fired6 = stage("fired6", fired5 & ~mem_access)
+        active6 = stage("active6", active5)
+        difference6 = stage("difference6", difference, signed(STATE_BITS + 4))
+        # (a request's word in the access cycle: state_mem's write data in the collect cycle)
+        request_word = request.data[:STATE_BITS].as_signed()
+        v_new6 = stage("v_new6", Mux(mem_access, request_word, v_new5), signed(STATE_BITS))
+        u6 = stage("u6", Mux(mem_access, request_word, u5))
+        theta_final6 = stage("theta_final6", Mux(mem_access, request_word,
+                                                 Mux(fired5, theta_bumped5, theta5)))
+        refr6 = stage("refractory6", refr5)
 
-        # S8: compare against threshold + theta (one subtraction gives both the comparison and
-        # the subtract-reset value); the reset fields of the profile
-        profile_address(profile_v_reset_rd, profile8)
-        profile_address(profile_reset_rd, profile8)
-        v9 = stage("valid9", v8)
-        n9 = stage("neuron9", n8)
-        difference = v_new8 - effective8
-        active8 = refr8 == 0
-        fired9 = stage("fired9", active8 & (difference >= 0))
-        active9 = stage("active9", active8)
-        difference9 = stage("difference9", difference, signed(STATE_BITS + 4))
-        v_new9 = stage("v_new9", v_new8)
-        u9 = stage("u9", u8)
-        theta9 = stage("theta9", theta8)
-        theta_bumped9 = stage("theta_bumped9", theta_bumped8)
-        refr9 = stage("refractory9", refr8)
-        v_reset9 = profile_v_reset_rd.data
-        reset_mode9 = profile_reset_rd.data[0][0]
-        refractory_period9 = profile_reset_rd.data[1]
-
-        # S9: write back the state (v only if not refractory); a spike goes into the FIFO
-        subtracted = _saturate(difference9, STATE_BITS)
-        v_final = Mux(fired9, Mux(reset_mode9, subtracted, v_reset9), v_new9)
-        refr_final = Mux(fired9, refractory_period9, Mux(active9, 0, refr9 - 1))
-        theta_final = Mux(fired9, theta_bumped9, theta9)
-        for name, value, enable in (("u", u9, 1), ("v", v_final, active9),
-                                    ("refractory", refr_final, 1), ("theta", theta_final, 1)):
-            with m.If(v9):
-                m.d.comb += [state_wr[name].addr.eq(n9), state_wr[name].data.eq(value),
-                             state_wr[name].en.eq(enable)]
-            with m.Else():
-                m.d.comb += [state_wr[name].addr.eq(req_neuron),
-                             state_wr[name].data.eq(request.data),
-                             state_wr[name].en.eq(state_write_request[name])]
-        m.d.sync += Assert(~(v9 & mem_access), "state written by the sweep and a request at once")
-        m.d.comb += [spike_fifo.w_en.eq(v9 & fired9), spike_fifo.w_data.eq(n9)]
+        # S6: write back the state (v only if not refractory); a spike goes into the FIFO
+        subtracted = _saturate(difference6, STATE_BITS)
+        v_final = Mux(fired6, Mux(reset_mode6, subtracted, profile_v_reset), v_new6)
+        refr_final = Mux(fired6, profile_refractory, Mux(active6, 0, refr6 - 1))
+        # (the profile index and the bias are written by requests only)
+        m.d.comb += [
+            state_wr.data.eq(Cat(u6, v_final, theta_final6,
+                                 request.data[STATE_BITS:STATE_BITS + PROFILE_BITS])),
+            neuron_wr.data.eq(Cat(request.data[:STATE_BITS],
+                                  Mux(v6, refr_final, request.data[:REFRACTORY_BITS]))),
+        ]
+        with m.If(v6):
+            m.d.comb += [state_wr.addr.eq(n6), neuron_wr.addr.eq(n6),
+                         state_wr.en.eq(field_bytes(state_fields, "u") | field_bytes(state_fields, "theta")
+                                        | Mux(active6, field_bytes(state_fields, "v"), 0)),
+                         neuron_wr.en.eq(field_bytes(neuron_fields, "refractory"))]
+        with m.Else():
+            m.d.comb += [state_wr.addr.eq(req_neuron), neuron_wr.addr.eq(req_neuron),
+                         state_wr.en.eq(state_write_request), neuron_wr.en.eq(neuron_write_request)]
+        m.d.sync += Assert(~(v6 & (mem_access | mem_collect)),
+                           "state written by the sweep and a request at once")
+        m.d.comb += [spike_fifo.w_en.eq(v6 & fired6), spike_fifo.w_data.eq(n6)]
         with m.If(spike_fifo.w_en):
             m.d.sync += Assert(spike_fifo.w_rdy, "spike FIFO overflow")
-        m.d.comb += sweep_in_pipeline.eq(v1 | v2 | v3 | v4 | v5 | v6 | v7 | v8 | v9)
+        m.d.comb += sweep_in_pipeline.eq(v1 | v2 | v3 | v4 | v5 | v6)
+        # the last stage, for the learning machinery
+        sweep_last_valid, sweep_last_neuron, sweep_last_fired = v6, n6, fired6
 
         # a credit comes back when a neuron leaves the pipeline without a spike, or a spike
         # leaves the FIFO
-        m.d.comb += credit_return.eq((v9 & ~fired9) + (self.spike_out.valid & self.spike_out.ready))
+        m.d.comb += credit_return.eq((v6 & ~fired6) + (self.spike_out.valid & self.spike_out.ready))
         m.d.sync += credits.eq(credits - sweep_issue + credit_return)
 
         if self.learning:
@@ -745,7 +794,7 @@ class NeuronCore(wiring.Component):
                          event_wr[b].en.eq(accept & (payload < A) & (event_bank == b))]
 
         # the sweep records every neuron's spike (S9)
-        v9, n9, fired9 = L["v9"], L["n9"], L["fired9"]
+        v9, n9, fired9 = L["sweep_last_valid"], L["sweep_last_neuron"], L["sweep_last_fired"]
         lane9 = n9[:lane_bits] if lane_bits else Const(0, 1)
         m.d.comb += [fired_wr.addr.eq(n9 >> lane_bits), fired_wr.data.eq(Mux(fired9, (1 << P) - 1, 0)),
                      fired_wr.en.eq(Mux(v9, 1 << lane9, 0))]

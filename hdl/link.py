@@ -18,7 +18,7 @@ whose seq equals the seq of the last executed command replays that command's sto
 without executing it again. Otherwise the command's fields are all validated (length, space,
 core, count, address range, every injected event) before anything is sent to the chip, so a
 NAKed frame changes no state. Memory accesses are issued one at a time (request, then its
-response). Replies are built in a reply buffer with their CRC, then COBS-encoded to ``tx``
+response; ``mem.payload`` stays unchanged from a request's acceptance until its response). Replies are built in a reply buffer with their CRC, then COBS-encoded to ``tx``
 (about two cycles per byte: each block is scanned with the read address running ahead and
 the data judged from registered flags, then copied). NAK replies go to a separate part of the
 buffer so the stored reply of the last executed command survives them.
@@ -460,12 +460,12 @@ class HostLink(wiring.Component):
                 with m.If(~mem_valid):
                     m.d.sync += mem_valid.eq(1)
                 with m.Elif(self.mem.ready):
-                    m.d.sync += [mem_valid.eq(0), mem_addr.eq(mem_addr + 1)]
+                    m.d.sync += mem_valid.eq(0)
                     m.next = "EXEC-WRITE-RESPONSE"
             with m.State("EXEC-WRITE-RESPONSE"):
                 m.d.comb += self.mem_resp.ready.eq(1)
                 with m.If(self.mem_resp.valid):
-                    m.d.sync += words_left.eq(words_left - 1)
+                    m.d.sync += [words_left.eq(words_left - 1), mem_addr.eq(mem_addr + 1)]
                     with m.If(words_left == 1):
                         m.next = "REPLY-CRC"
                     with m.Else():
@@ -476,12 +476,13 @@ class HostLink(wiring.Component):
                 with m.If(~mem_valid):
                     m.d.sync += mem_valid.eq(1)
                 with m.Elif(self.mem.ready):
-                    m.d.sync += [mem_valid.eq(0), mem_addr.eq(mem_addr + 1)]
+                    m.d.sync += mem_valid.eq(0)
                     m.next = "EXEC-READ-RESPONSE"
             with m.State("EXEC-READ-RESPONSE"):
                 m.d.comb += self.mem_resp.ready.eq(1)
                 with m.If(self.mem_resp.valid):
                     m.d.sync += [out_word.eq(self.mem_resp.payload), words_left.eq(words_left - 1),
+                                 mem_addr.eq(mem_addr + 1),
                                  byte_index.eq(0)]
                     m.next = "EXEC-READ-BYTES"
             with m.State("EXEC-READ-BYTES"):

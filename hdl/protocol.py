@@ -264,7 +264,9 @@ __all__ += [
 # A reply frame echoes `seq` and carries a LinkStatus byte where the command byte was.
 
 LINK_VERSION = 3            #: identify reply `version`; bumped on any wire-format change
-LINK_MAX_PAYLOAD = 1024     #: largest payload (bytes) of a request or a reply frame
+#: largest payload (bytes) of a request or a reply frame: the link's receive buffer (header,
+#: payload, CRC) and reply buffer (a reply, then a NAK) fit 1024 bytes, two iCE40 block RAMs each
+LINK_MAX_PAYLOAD = 1012
 LINK_HEADER_BYTES = 2       #: seq + command (or status)
 LINK_CRC_BYTES = 4          #: CRC-32 (IEEE 802.3, zlib.crc32), little-endian
 LINK_MEM_HEADER_BYTES = 8   #: space u8, core u8, count u16, addr u32

@@ -98,7 +98,10 @@ class Router(wiring.Component):
     - ``host``: SPIKE events for the host (``core``/``index`` name the source neuron).
     - ``mem``/``mem_resp``: the route table, ``MemorySpace.ROUTE_POINTER`` (addr = core *
       neurons + neuron) and ``ROUTE_ENTRY`` (addr = entry index); one response per request,
-      one cycle after acceptance at the earliest. Reads return the stored bits (0 past the end);
+      one cycle after acceptance at the earliest (two for reads). Routing and host reads share
+      each memory's read port: an accepted read waits for a cycle in which the routing stage
+      could read, and the routing stage skips that cycle. Reads return the stored bits (0 past
+      the end);
       writes answer :data:`MEM_OK`, or :data:`MEM_REFUSED` without writing when the address is
       past the memory, a reserved bit is set, or an axon entry names a core, axon or chip that
       does not exist (as ``ChipModel.write_words`` refuses them). A host entry is stored as
@@ -169,10 +172,10 @@ class Router(wiring.Component):
             shape=RoutePointer, depth=pointer_depth, init=self.pointer_init)
         m.submodules.route_entry = route_entry = Memory(
             shape=RouteEntry, depth=shape.route_entries, init=self.entry_init)
+        # one read port per memory (one block RAM wide, not two): routing and host reads
+        # take turns (a host read steals a cycle in which the routing stage could accept)
         pointer_port = route_pointer.read_port()
         entry_port = route_entry.read_port()
-        pointer_host_port = route_pointer.read_port()
-        entry_host_port = route_entry.read_port()
         pointer_write = route_pointer.write_port()
         entry_write = route_entry.write_port()
 
@@ -249,7 +252,10 @@ class Router(wiring.Component):
         ]
 
         # --- expander: takes pointers from the pointer slice ------------------------------------
-        issue = (x_remaining != 0) & e_ready
+        steal_entry = Signal()      # a host read of ROUTE_ENTRY uses the entry port this cycle
+        steal_pointer = Signal()    # a host read of ROUTE_POINTER uses the pointer port
+        read_addr = Signal(range(max(pointer_depth, shape.route_entries)))
+        issue = (x_remaining != 0) & e_ready & ~steal_entry
         x_can_load = (x_remaining == 0) | ((x_remaining == 1) & issue)
         looked_up = pointer_skid.o_stream
         pointer = looked_up.payload.pointer
@@ -271,7 +277,7 @@ class Router(wiring.Component):
         ]
 
         grant_neuron = Array(f.r_data for f in spike_fifos)[arbiter.grant]
-        grant = arbiter.valid & p_ready
+        grant = arbiter.valid & p_ready & ~steal_pointer
         for c, f in enumerate(spike_fifos):
             m.d.comb += f.r_en.eq(grant & (arbiter.grant == c))
         m.d.comb += arbiter.advance.eq(grant)
@@ -281,7 +287,7 @@ class Router(wiring.Component):
         else:
             grant_address = arbiter.grant * neurons + grant_neuron
         m.d.comb += [
-            pointer_port.addr.eq(grant_address),
+            pointer_port.addr.eq(Mux(steal_pointer, read_addr, grant_address)),
             pointer_port.en.eq(p_ready),
         ]
         with m.If(p_ready):
@@ -305,7 +311,7 @@ class Router(wiring.Component):
             ]
 
         m.d.comb += [
-            entry_port.addr.eq(x_addr),
+            entry_port.addr.eq(Mux(steal_entry, read_addr, x_addr)),
             entry_port.en.eq(e_ready),
         ]
         with m.If(e_ready):
@@ -328,18 +334,26 @@ class Router(wiring.Component):
         request = self.mem.payload
         resp_valid = Signal()
         resp_data = Signal(32)
-        read_pending = Signal()
+        read_waiting = Signal()     # an accepted read waits for its memory's read port
+        read_pending = Signal()     # the read data is out this cycle
         read_space = Signal(MemorySpace)
         read_in_range = Signal()
+        is_pointer = request.mem == MemorySpace.ROUTE_POINTER
         m.d.comb += [
-            self.mem.ready.eq(~resp_valid & ~read_pending),
+            self.mem.ready.eq(~resp_valid & ~read_waiting & ~read_pending),
             self.mem_resp.valid.eq(resp_valid),
             self.mem_resp.payload.eq(resp_data),
-            pointer_host_port.addr.eq(request.addr),
-            entry_host_port.addr.eq(request.addr),
         ]
         accept = self.mem.valid & self.mem.ready
-        is_pointer = request.mem == MemorySpace.ROUTE_POINTER
+        # a waiting read takes its port in a cycle in which the routing stage could read
+        # (from registers only: no path from the request into the routing pipeline)
+        read_is_pointer = read_space == MemorySpace.ROUTE_POINTER
+        m.d.comb += [
+            steal_pointer.eq(read_waiting & read_is_pointer & p_ready),
+            steal_entry.eq(read_waiting & ~read_is_pointer & e_ready),
+        ]
+        with m.If(steal_pointer | steal_entry):
+            m.d.sync += [read_waiting.eq(0), read_pending.eq(1)]
         pointer_in_range = request.addr < pointer_depth
         entry_in_range = request.addr < shape.route_entries
         new_pointer = RoutePointer(request.data[:RoutePointer.as_shape().size])
@@ -365,13 +379,14 @@ class Router(wiring.Component):
                 ]
             with m.Else():
                 m.d.sync += [
-                    read_pending.eq(1),
+                    read_waiting.eq(1),
                     read_space.eq(request.mem),
+                    read_addr.eq(request.addr),
                     read_in_range.eq(Mux(is_pointer, pointer_in_range, entry_in_range)),
                 ]
         with m.If(read_pending):
             stored = Mux(read_space == MemorySpace.ROUTE_POINTER,
-                         pointer_host_port.data.as_value(), entry_host_port.data.as_value())
+                         pointer_port.data.as_value(), entry_port.data.as_value())
             m.d.sync += [
                 read_pending.eq(0),
                 resp_valid.eq(1),

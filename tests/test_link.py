@@ -501,7 +501,7 @@ def drain_output(bench, steps, seq):
     """READ_OUTPUT until `steps` STEP markers arrived; returns the next seq."""
     markers = 0
     for _ in range(100):
-        bodies = bench.exchange(build_frame(seq, LinkCommand.READ_OUTPUT, (256).to_bytes(2, "little")))
+        bodies = bench.exchange(build_frame(seq, LinkCommand.READ_OUTPUT, LINK_MAX_OUTPUT_EVENTS.to_bytes(2, "little")))
         reply = parse_body(bodies[0])
         assert (reply.seq, reply.status) == (seq, LinkStatus.ACK)
         markers += sum(e.kind == EventKind.STEP for e in parse_events(reply.payload))

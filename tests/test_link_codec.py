@@ -16,6 +16,7 @@ from neurofabric.hdl.protocol import (
     LINK_FEATURE_ENCODER,
     LINK_FEATURE_LEARNING,
     LINK_MAX_INJECT_EVENTS,
+    LINK_MAX_PAYLOAD,
     LINK_MAX_WRITE_WORDS,
     LINK_VERSION,
     EventKind,
@@ -122,8 +123,9 @@ def test_frame_reader_splits_and_drops_garbage():
 def test_requests_validate_fields():
     with pytest.raises(ValueError, match=r"core = 3 is out of range: allowed \[0, 1\]"):
         write_request(MemorySpace.WEIGHT, 3, 0, [1], cores=2)
-    with pytest.raises(ValueError, match=r"count = 255 is out of range: allowed \[0, 254\]"):
-        write_request(MemorySpace.WEIGHT, 0, 0, [0] * 255)
+    too_many = LINK_MAX_WRITE_WORDS + 1
+    with pytest.raises(ValueError, match=rf"count = {too_many} is out of range: allowed \[0, {LINK_MAX_WRITE_WORDS}\]"):
+        write_request(MemorySpace.WEIGHT, 0, 0, [0] * too_many)
     with pytest.raises(ValueError, match=r"words contains 4294967296"):
         write_request(MemorySpace.WEIGHT, 0, 0, [1 << 32])
     with pytest.raises(ValueError, match=f"space = {len(MemorySpace)} is not a MemorySpace"):
@@ -149,7 +151,7 @@ def test_reply_parsers():
     info, max_payload = parse_identify(identify_payload(shape, 42), build="x")
     assert info == ChipInfo(version=LINK_VERSION, cores=3, neurons=512, axons=100, lanes=8, route_entries=2000,
                             input_queue=42, build="x")
-    assert max_payload == 1024
+    assert max_payload == LINK_MAX_PAYLOAD
     # the build name and feature bits come from the chip unless the host overrides the name
     payload = identify_payload(shape, 42, features=LINK_FEATURE_LEARNING, build_name="icebreaker-up5k")
     assert len(payload) == 42
@@ -336,3 +338,15 @@ def test_link_backend_splits_writes_longer_than_a_frame_header_can_count():
     assert len(sent) == -(-70_000 // LINK_MAX_WRITE_WORDS)
     counts = [int.from_bytes(payload[2:4], "little") for _, payload in sent]
     assert sum(counts) == 70_000 and max(counts) == LINK_MAX_WRITE_WORDS
+
+
+def test_identify_example_in_protocol_doc_is_the_sim_devices_reply():
+    """The worked IDENTIFY reply of docs/protocol.md is what the default sim device sends."""
+    from neurofabric.hdl.protocol import LINK_FEATURE_LEARNING
+    from neurofabric.sim.device import DEFAULT_SHAPE
+
+    text = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
+    example = text[text.index("IDENTIFY reply (version"):]
+    body = bytes.fromhex(re.search(r"body ((?:[0-9a-f]{2} )+[0-9a-f]{2})", example).group(1))
+    payload = identify_payload(DEFAULT_SHAPE, 64, features=LINK_FEATURE_LEARNING, encoder_channels=64)
+    assert body[2:] == payload
