@@ -19,17 +19,14 @@ Figures are measurements, not assertions: nothing here fails on a missed target.
 
 import argparse
 import json
-import os
 import sys
 import time
 
-from amaranth.back import rtlil
 from amaranth.sim import Simulator
 
 from neurofabric.boards import synth
 from neurofabric.hdl.core import NeuronCore
 from neurofabric.hdl.protocol import PROFILE_COUNT, MemorySpace, ProfileField
-from neurofabric.sim.toolchain import cache_key, cached_build, tool_versions, yowasp_env
 
 NEURONS = AXONS = 256
 #: ECP5 builds: the first is the reference (`ecp5_85f`: the largest sensible P, beyond which the
@@ -93,37 +90,13 @@ def measure(neurons, axons, lanes, events=16):
 
 
 def synthesize_up5k(component, *, clock_mhz, name, progress=None):
-    """Like :func:`synth.synthesize` for iCE40 UP5K, with DSP and SPRAM inference enabled."""
-    harness = synth.SynthHarness(component)
-    il_text = rtlil.convert(harness, name="top", ports=[harness.clk, harness.sdi, harness.sdo],
-                            emit_src=False)
-    # Amaranth gives every memory an initial value (zeros), and SPRAM cannot be initialised:
-    # drop the weight memory's init so that yosys may map it to SPRAM (its contents are then
-    # undefined at power-up until the host writes the weights)
-    script = ("read_rtlil top.il\n"
-              "chformal -remove\n"
-              "delete t:$meminit_v2 r:MEMID=\\\\weight_mem %i\n"
-              "synth_ice40 -abc9 -dsp -spram -top top -json top.json\n"
-              "tee -q -o stat.json stat -json\n")
-    args = ["--up5k", "--package", "sg48", "--json", "top.json", "--freq", f"{clock_mhz:g}",
-            "--report", "report.json", "--seed", "1", "--timing-allow-fail", "--pcf-allow-unconstrained"]
-    env = {**os.environ, **yowasp_env(("ice40",))}
-
-    def build(folder):
-        (folder / "top.il").write_text(il_text)
-        (folder / "synth.ys").write_text(script)
-        if progress:
-            progress(f"{name}: yosys synth_ice40 -dsp -spram")
-        synth._run([env["YOSYS"], "-q", "-l", "yosys.log", "-s", "synth.ys"], folder,
-                   folder / "yosys.out", env, f"yosys for {name}", timeout=3600)
-        if progress:
-            progress(f"{name}: nextpnr-ice40 up5k sg48 @ {clock_mhz:g} MHz")
-        synth._run([env["NEXTPNR_ICE40"], *args], folder, folder / "nextpnr.log", env,
-                   f"nextpnr-ice40 for {name}", timeout=3600)
-
-    key = cache_key("synth", il_text.encode(), script, args, tool_versions())
-    folder = cached_build("synth", key, build)
-    return synth._parse(folder, name, "ice40", "up5k", "sg48", clock_mhz, harness)
+    """:func:`synth.synthesize` for iCE40 UP5K with DSP and SPRAM inference. Amaranth gives every
+    memory an initial value (zeros), and SPRAM cannot be initialised: the weight memory's init
+    is dropped so that yosys may map it to SPRAM (its contents are then undefined at power-up
+    until the host writes the weights)."""
+    return synth.synthesize(component, family="ice40", device="up5k", package="sg48", clock_mhz=clock_mhz,
+                            name=name, progress=progress, synth_opts="-dsp -spram",
+                            after_read="delete t:$meminit_v2 r:MEMID=\\weight_mem %i")
 
 
 def synth_figures(result):

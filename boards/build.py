@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from neurofabric.boards.catalog import BOARDS, BoardConfigError, BuildConfig, check_config, get_board
-from neurofabric.boards.synth import _CELLS
+from neurofabric.boards.synth import _CELLS, COLLISION_FREE_SCRIPT
 from neurofabric.sim.toolchain import ToolchainError, cache_key, cached_build, tool_versions, yowasp_env
 
 __all__ = ["BOARDS", "BuildResult", "BuildError", "TimingError", "build_bitstream", "program_board",
@@ -94,48 +94,21 @@ def default_out_dir(board_name):
     return Path("build") / board_name
 
 
-#: Memories (by name) whose read data is never used in a cycle in which the same word is written
-#: through their write port. Amaranth's read ports without transparency promise the old data on
-#: such a collision, which iCE40 block RAM does not guarantee, so Yosys emulates it in logic (a
-#: register for the write data and the address, a comparator and a multiplexer per read port:
-#: about 1000 logic cells for the whole chip). The iCE40 build declares the collision result
-#: undefined for these memories instead:
-#:
-#: * ``storage``: every ``amaranth.lib.fifo.SyncFIFOBuffered`` (it reads a word only while the
-#:   FIFO holds it, and then does not write it);
-#: * the core's accumulator banks (a word read while written is either overridden by the
-#:   integration's forwarding or not used), neuron, state and profile memories (written by the
-#:   sweep's last stage, which is never at the neuron its first stage reads, or by a request,
-#:   whose read data a write does not use);
-#: * the router's route table (written only between steps, when no spike is being routed; the
-#:   host's read of the table and a write are never in the same cycle).
-ICE40_COLLISION_FREE_MEMORIES = (
-    "storage", "acc_bank0", "acc_bank1", "neuron_mem", "state_mem",
-    "profile_decay_mem", "profile_threshold_mem", "profile_reset_mem",
-    "route_pointer", "route_entry",
-)
-
-
-def _select_memories(cell_type, names):
-    """A Yosys selection of the `cell_type` cells of the memories named `names`."""
-    pattern = " ".join(f"r:MEMID=\\{name}" for name in names) + " %u" * (len(names) - 1)
-    return f"t:{cell_type} {pattern} %i"
-
-
 #: Yosys commands run after reading the design, per family. Amaranth gives every memory an
 #: initial value (zeros for ``init=[]``) and Yosys maps no initialised memory to iCE40 SPRAM
 #: (which cannot be initialised): the cores' weight memories drop theirs, and are marked
 #: ``ram_style = "huge"`` so that ``-spram`` puts them in SPRAM even where block RAM would be
 #: cheaper by Yosys's measure (block RAM is the UP5K's scarce memory). Their contents are
 #: undefined at power-up until the host writes the weights. Each core's spike FIFO goes to a
-#: block RAM (Yosys would build its 16 entries from about 160 logic cells). The read ports of
-#: :data:`ICE40_COLLISION_FREE_MEMORIES` get an undefined read-during-write result.
+#: block RAM (Yosys would build its 16 entries from about 160 logic cells). On both families the
+#: read ports of :data:`~neurofabric.boards.synth.COLLISION_FREE_MEMORIES` get an undefined
+#: read-during-write result.
 _AFTER_READ = {
     "ice40": "delete t:$meminit_v2 r:MEMID=\\weight_mem %i\n"
              "setattr -set ram_style \"huge\" m:weight_mem\n"
              "setattr -set ram_style \"block\" *.spike_fifo/m:storage\n"
-             "setparam -set COLLISION_X_MASK 1 "
-             + _select_memories("$memrd_v2", ICE40_COLLISION_FREE_MEMORIES),
+             + COLLISION_FREE_SCRIPT,
+    "ecp5": COLLISION_FREE_SCRIPT,
 }
 
 

@@ -38,7 +38,8 @@ from amaranth.lib.wiring import Flow
 
 from neurofabric.sim.toolchain import cache_key, cached_build, tool_versions, yowasp_env
 
-__all__ = ["SynthResult", "SynthError", "SynthHarness", "synthesize", "ECP5_DEVICES", "ICE40_DEVICES"]
+__all__ = ["SynthResult", "SynthError", "SynthHarness", "synthesize", "ECP5_DEVICES", "ICE40_DEVICES",
+           "COLLISION_FREE_MEMORIES", "COLLISION_FREE_SCRIPT"]
 
 #: nextpnr-ice40 device flags by device name.
 ICE40_DEVICES = {"up5k": "--up5k", "u4k": "--u4k", "hx1k": "--hx1k", "hx8k": "--hx8k",
@@ -196,7 +197,41 @@ def _check_args(family, device, package, clock_mhz, name):
     return devices[device]
 
 
-def synthesize(component, *, family, device, package, clock_mhz, name, build_dir=None, progress=None):
+#: Memories (by name) whose read data is never used in a cycle in which the same word is written
+#: through their write port. Amaranth's read ports without transparency promise the old data on
+#: such a collision, which iCE40 block RAM does not guarantee, so Yosys emulates it in logic (a
+#: register for the write data and the address, a comparator and a multiplexer per read port:
+#: about 1000 logic cells for the whole chip on iCE40; on ECP5 the multiplexer sits between a
+#: block RAM's output and the core's sweep, 3.5 MHz of a 256 x 256 core's clock). Board builds
+#: and :func:`synthesize` declare the collision result undefined for these memories instead:
+#:
+#: * ``storage``: every ``amaranth.lib.fifo.SyncFIFOBuffered`` (it reads a word only while the
+#:   FIFO holds it, and then does not write it);
+#: * the core's accumulator banks (a word read while written is either overridden by the
+#:   integration's forwarding or not used), neuron, state and profile memories (written by the
+#:   sweep's last stage, which is never at the neuron its first stage reads, or by a request,
+#:   whose read data a write does not use);
+#: * the router's route table (written only between steps, when no spike is being routed; the
+#:   host's read of the table and a write are never in the same cycle).
+COLLISION_FREE_MEMORIES = (
+    "storage", "acc_bank0", "acc_bank1", "neuron_mem", "state_mem",
+    "profile_decay_mem", "profile_threshold_mem", "profile_reset_mem",
+    "route_pointer", "route_entry",
+)
+
+
+def _select_memories(cell_type, names):
+    """A Yosys selection of the `cell_type` cells of the memories named `names`."""
+    pattern = " ".join(f"r:MEMID=\\{name}" for name in names) + " %u" * (len(names) - 1)
+    return f"t:{cell_type} {pattern} %i"
+
+
+#: The Yosys command (run after reading the design) that declares :data:`COLLISION_FREE_MEMORIES`.
+COLLISION_FREE_SCRIPT = "setparam -set COLLISION_X_MASK 1 " + _select_memories("$memrd_v2", COLLISION_FREE_MEMORIES)
+
+
+def synthesize(component, *, family, device, package, clock_mhz, name, build_dir=None, progress=None,
+               synth_opts="", after_read=""):
     """Synthesise, place and route `component` in :class:`SynthHarness`; return a :class:`SynthResult`.
 
     Parameters
@@ -216,6 +251,10 @@ def synthesize(component, *, family, device, package, clock_mhz, name, build_dir
         Build in ``build_dir/name`` (always rebuilt) instead of the content-addressed cache.
     progress : callable, optional
         Called with a short message at each stage (``"yosys"``, ``"nextpnr"``, ``"cached"``).
+    synth_opts : str
+        Extra options of ``synth_ice40`` / ``synth_ecp5`` (e.g. ``"-dsp -spram"``).
+    after_read : str
+        Yosys commands run after reading the design (before :data:`COLLISION_FREE_SCRIPT`).
     """
     device_flag = _check_args(family, device, package, clock_mhz, name)
     _ports(component)   # raises on a non-component before a harness exists
@@ -225,7 +264,9 @@ def synthesize(component, *, family, device, package, clock_mhz, name, build_dir
     yosys_script = (
         "read_rtlil top.il\n"
         "chformal -remove\n"           # Asserts in the gateware are for simulation and formal only
-        f"{synth_cmd} -abc9 -top top -json top.json\n"
+        + (f"{after_read.rstrip()}\n" if after_read else "")
+        + f"{COLLISION_FREE_SCRIPT}\n"
+        f"{synth_cmd} -abc9 {synth_opts + ' ' if synth_opts else ''}-top top -json top.json\n"
         "tee -q -o stat.json stat -json\n")
     nextpnr_args = [device_flag, "--package", package, "--json", "top.json", "--freq", f"{clock_mhz:g}",
                     "--report", "report.json", "--seed", "1", "--timing-allow-fail"]
