@@ -319,7 +319,7 @@ def _parser():
     parser = argparse.ArgumentParser(prog="neurofabric", description="Build and program neurofabric bitstreams.")
     commands = parser.add_subparsers(dest="command", required=True)
     build = commands.add_parser("build", help="build a bitstream for a board")
-    build.add_argument("--board", required=True, help="board name (see `list`)")
+    build.add_argument("--board", required=True, help="board name (see `neurofabric boards`)")
     for option, meta in (("cores", "N"), ("neurons", "N"), ("axons", "N"), ("lanes", "P"),
                          ("route-entries", "N"), ("baud", "B")):
         build.add_argument(f"--{option}", type=int, metavar=meta, help="default: the board's")

@@ -121,7 +121,7 @@ BOARDS = {board.name: board for board in (
         name="ulx3s-85f", description="Radiona ULX3S (ECP5 LFE5U-85F-6BG381)",
         family="ecp5", platform_factory=_platform("ulx3s", "ULX3S_85F_Platform"),
         device="LFE5U-85F", package="CABGA381", clock="pin", clock_resource="clk25", clock_in_mhz=25,
-        default=ChipShape(cores=4, neurons=256, axons=256, lanes=8, route_entries=1024),
+        default=ChipShape(cores=5, neurons=256, axons=256, lanes=8, route_entries=1024),
         default_clock_mhz=50,
         leds={"running": ("led", 0, None), "link_error": ("led", 1, None),
               "learning": ("led", 2, None), "heartbeat": ("led", 7, None)},
@@ -131,7 +131,7 @@ BOARDS = {board.name: board for board in (
         name="colorlight-5a75b", description="Colorlight 5A-75B v7.0 (ECP5 LFE5U-25F-6BG256)",
         family="ecp5", platform_factory=_platform("colorlight_5a75b_r7_0", "Colorlight_5A75B_R70Platform"),
         device="LFE5U-25F", package="CABGA256", clock="pin", clock_resource="clk25", clock_in_mhz=25,
-        default=ChipShape(cores=2, neurons=128, axons=128, lanes=8, route_entries=512),
+        default=ChipShape(cores=4, neurons=128, axons=128, lanes=8, route_entries=512),
         default_clock_mhz=50, baud=1_000_000,
         openfpgaloader=("-b", "colorlight"),
         notes="No USB-serial on board: the UART is on J19 (tx = the DATA_LED- pad P11, rx = the "
