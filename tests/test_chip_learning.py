@@ -22,6 +22,7 @@ from amaranth.sim import Simulator
 from neurofabric.hdl.chip import MEM_OK, MEM_REFUSED, Chip
 from neurofabric.hdl.protocol import ChipRegister, MemorySpace, StdpField
 from neurofabric.host.model import ChipModel, ChipShape
+from neurofabric.sim.chip_bench import ChipBench, spikes_by_step
 
 TESTS = Path(__file__).parent
 
@@ -34,7 +35,6 @@ def _load(name):
 
 
 tb_chip = _load("tb_chip")
-test_chip = _load("test_chip")
 WORD = 0xFFFFFFFF
 
 
@@ -69,7 +69,7 @@ def test_learning_chip_against_model_pysim(seed=None):
                 model.inject(s, inputs[s])
         for s, core, neuron in model.run(chunk):
             expected[s].append((core, neuron))
-    bench = test_chip.ChipBench(dut, 0.5, seed)
+    bench = ChipBench(dut, 0.5, seed)
     got_state = {}
 
     async def main(ctx):
@@ -94,7 +94,7 @@ def test_learning_chip_against_model_pysim(seed=None):
     sim.add_testbench(bench.collect, background=True)
     sim.run()
 
-    got = test_chip.spikes_by_step(bench.out, steps)
+    got = spikes_by_step(bench.out, steps)
     for t in range(steps):
         assert got[t] == sorted(expected[t]), f"step {t}: chip {got[t]} != model {sorted(expected[t])}"
     assert sum(map(len, expected)) > 0, "the network never spiked"
@@ -108,7 +108,7 @@ def test_reward_and_learning_registers():
     """STDP REWARD of every core is the chip's REWARD register; bad words and cores are refused."""
     shape = ChipShape(cores=2, neurons=2, axons=2, lanes=1, route_entries=8)
     dut = Chip(shape, learning=True)
-    bench = test_chip.ChipBench(dut)
+    bench = ChipBench(dut)
     answers = []
     requests = [
         (MemorySpace.STDP, 1, StdpField.REWARD.value, -5 & WORD, True),     # write via core 1

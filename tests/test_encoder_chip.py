@@ -19,7 +19,6 @@ from neurofabric.hdl.protocol import (
     Counter,
     EncoderField,
     EncoderMode,
-    EventKind,
     MemorySpace,
     ProfileField,
     ResetMode,
@@ -34,6 +33,7 @@ from neurofabric.host.model import (
     StdpConfig,
     encoder_draws,
 )
+from neurofabric.sim.chip_bench import ChipBench, spikes_by_step
 
 PROFILE_ORDER = ["du", "dv", "threshold", "v_reset", "reset_mode", "refractory", "theta_plus", "dtheta"]
 EXTREME_RATES = [0, 1, 255, 256, 32768, 65535, ENCODER_RATE_ONE]
@@ -140,81 +140,8 @@ class Scenario:
         return [sorted(p) for p in per_step]
 
 
-class Bench:
-    """Drives a Chip in the Amaranth simulator; every wait has a cycle budget."""
-
-    def __init__(self, dut, ready_probability, seed):
-        self.dut, self.out, self.markers = dut, [], 0
-        self.rng, self.ready_probability = random.Random(seed), ready_probability
-
-    async def mem(self, ctx, space, core, addr, data=0, write=False, budget=3000):
-        dut = self.dut
-        ctx.set(dut.mem.payload, {"mem": space, "core": core, "addr": addr, "data": data, "write": int(write)})
-        ctx.set(dut.mem.valid, 1)
-        for _ in range(budget):
-            _, _, ready = await ctx.tick().sample(dut.mem.ready)
-            if ready:
-                break
-        else:
-            raise AssertionError(f"{space.name} request not accepted within {budget} cycles")
-        ctx.set(dut.mem.valid, 0)
-        ctx.set(dut.mem_resp.ready, 1)
-        for _ in range(budget):
-            _, _, valid, resp = await ctx.tick().sample(dut.mem_resp.valid, dut.mem_resp.payload)
-            if valid:
-                ctx.set(dut.mem_resp.ready, 0)
-                return resp
-        raise AssertionError(f"no response to a {space.name} request within {budget} cycles")
-
-    async def put(self, ctx, stream, payload, budget=20000):
-        ctx.set(stream.payload, payload)
-        ctx.set(stream.valid, 1)
-        for _ in range(budget):
-            _, _, ready = await ctx.tick().sample(stream.ready)
-            if ready:
-                ctx.set(stream.valid, 0)
-                return
-        raise AssertionError(f"not accepted within {budget} cycles")
-
-    async def collect(self, ctx):
-        dut = self.dut
-        while True:
-            ready = self.ready_probability >= 1.0 or self.rng.random() < self.ready_probability
-            ctx.set(dut.out.ready, ready)
-            _, _, valid, payload = await ctx.tick().sample(dut.out.valid, dut.out.payload)
-            if valid and ready:
-                self.out.append((payload.kind, payload.core, payload.index))
-                self.markers += payload.kind == EventKind.STEP
-
-    async def run(self, ctx, scenario):
-        """One step at a time: inject that step's host inputs, run it, wait for its marker."""
-        for t, events in enumerate(scenario.inputs):
-            for core, axon in events:
-                await self.put(ctx, self.dut.inject, {"core": core, "axon": axon, "step": t})
-            await self.put(ctx, self.dut.run, 1)
-            for _ in range(20000):
-                if self.markers > t:
-                    break
-                await ctx.tick()
-            else:
-                raise AssertionError(f"step {t} did not finish within 20000 cycles")
-
-
-def per_step(out, steps):
-    result, current = [], []
-    for kind, core, index in out:
-        if kind == EventKind.STEP:
-            assert index == len(result)
-            result.append(sorted(current))
-            current = []
-        else:
-            current.append((core, index))
-    assert len(result) == steps and not current
-    return result
-
-
 def simulate(dut, writes, body, ready_probability=1.0, seed=0):
-    bench = Bench(dut, ready_probability, seed)
+    bench = ChipBench(dut, ready_probability, seed)
     result = {}
 
     async def main(ctx):
@@ -244,7 +171,7 @@ def test_encoder_chip_against_model(mode):
     e = shape.encoder_channels
 
     async def body(ctx, bench, result):
-        await bench.run(ctx, scenario)
+        await bench.run_network(ctx, scenario)
         result["counters"] = {c: await bench.mem(ctx, MemorySpace.COUNTER, 0, c.value) for c in Counter}
         result["encoder"] = [await bench.mem(ctx, MemorySpace.ENCODER, 0, a) for a in range(3 * e)]
         result["registers"] = [await bench.mem(ctx, MemorySpace.CHIP, 0, r.value)
@@ -256,7 +183,7 @@ def test_encoder_chip_against_model(mode):
 
     bench, result = simulate(dut, scenario.writes, body, ready_probability=0.6, seed=seed)
     expected = scenario.expected()
-    got = per_step(bench.out, scenario.steps)
+    got = spikes_by_step(bench.out, scenario.steps)
     for t in range(scenario.steps):
         assert got[t] == expected[t], f"step {t}: chip {got[t]} != model {expected[t]}"
     model = scenario.model
@@ -342,7 +269,7 @@ def test_encoder_extremes_and_disable():
         result["phases"] = [await bench.mem(ctx, MemorySpace.ENCODER, 0, 8 + i) for i in range(8)]
 
     bench, result = simulate(dut, words, body)
-    got = per_step(bench.out, len(expected))
+    got = spikes_by_step(bench.out, len(expected))
     assert got == expected
     assert result["phases"] == model.encoder_phase.tolist()
     # the plan exercised what it claims: spikes every step from rate 65536, none from rate 0
