@@ -6,7 +6,7 @@
 - ``neurofabric demo [--device D] [--steps T] [--out DIR]``: the digits demo (host/demo.py).
 - ``neurofabric demo --learn [--quick] [--device D] [--out DIR]``: unsupervised STDP learning of
   the digits on the chip (host/learn_demo.py; the Verilator sim device by default, ``--device model``
-  learns the same weights about 7x faster).
+  learns the same weights about 6x faster).
 - ``neurofabric sim-server ...``: start the Verilator sim device (neurofabric.sim.device).
 - ``neurofabric build --board NAME [...]``, ``neurofabric program --board NAME``,
   ``neurofabric boards``: bitstreams (neurofabric.boards.build).
