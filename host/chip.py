@@ -299,11 +299,7 @@ class Chip:
                                   "inputs", inputs)
         blocks = []
         for pop, events in inputs.items():
-            if isinstance(pop, str):
-                pop = next((p for p in compiled.network.populations if p.name == pop), pop)
-            if not isinstance(pop, Population) or pop not in compiled.input_axons:
-                raise ValidationError(f"inputs key {pop!r} is not an input population of the loaded network",
-                                      "inputs", pop)
+            pop = _input_population(compiled, pop)
             pairs = parse_events(events, pop.size, steps, dt, name=f"inputs[{pop.name!r}]")
             for core, base in compiled.input_axons[pop]:
                 rows = np.empty((len(pairs), 3), dtype=np.int64)
@@ -464,11 +460,7 @@ class Chip:
             steps = check_int("steps", steps, 1, (1 << 16) - 1)
         values = {}
         for pop, x in inputs.items():
-            if isinstance(pop, str):
-                pop = next((p for p in compiled.network.populations if p.name == pop), pop)
-            if not isinstance(pop, Population) or pop not in compiled.input_axons:
-                raise ValidationError(f"inputs key {pop!r} is not an input population of the loaded network",
-                                      "inputs", pop)
+            pop = _input_population(compiled, pop)
             if pop in values:
                 raise ValidationError(f"inputs names {pop!r} twice", "inputs", pop)
             values[pop] = _intensities(x, pop)
@@ -628,6 +620,17 @@ def _intensities(x, pop):
         raise RangeError(f"{name} contains {array[bad][0]}, out of range: allowed [0, 1]", name,
                          float(array[bad][0]), (0, 1))
     return array
+
+
+def _input_population(compiled, key):
+    """The input population an `inputs` key names (the population or its name) in the loaded
+    network; ValidationError for anything else."""
+    if isinstance(key, str):
+        key = next((p for p in compiled.network.populations if p.name == key), key)
+    if not isinstance(key, Population) or key not in compiled.input_axons:
+        raise ValidationError(f"inputs key {key!r} is not an input population of the loaded network",
+                              "inputs", key)
+    return key
 
 
 def _merge(results, steps):
