@@ -2,15 +2,16 @@
 
 :class:`InputEncoder` holds ``shape.encoder_channels`` channels. Each has a rate, a phase
 accumulator and a target (core, axon); the chip-wide registers are the enable bit, the mode
-(:class:`~neurofabric.hdl.protocol.EncoderMode`) and the seed of a 16-bit Galois LFSR (taps
-:data:`~neurofabric.hdl.protocol.LFSR_TAPS`). What one step computes is
+(:class:`~neurofabric.hdl.protocol.EncoderMode`) and the 16-bit seed of a 32-bit Galois LFSR
+(taps :data:`~neurofabric.hdl.protocol.ENCODER_LFSR_TAPS`). What one step computes is
 ``neurofabric.host.model.encoder_spikes`` (docs/semantics.md, "Input encoder"):
 
 - PHASE: ``total = phase + rate``; the channel spikes when ``total >= 2**16``; ``phase`` becomes
   ``total mod 2**16``.
 - BERNOULLI: the LFSR steps :data:`~neurofabric.hdl.protocol.ENCODER_LFSR_STEPS` (16) times per
   channel, in channel order, whatever the channel's rate (the 16 steps are one XOR network, so a
-  channel still takes one cycle); the channel spikes when the new LFSR state is ``<= rate``.
+  channel still takes one cycle); the channel spikes when the top 16 bits of the new LFSR state
+  are ``< rate`` (probability ``rate / 2**16``).
   Phases are left alone.
 
 A spike is an AXON event ``(core, axon)`` on ``events``, which the chip delivers to the core for
@@ -24,12 +25,14 @@ from amaranth.lib.wiring import In, Out
 
 from neurofabric.hdl.pipeline import SkidBuffer
 from neurofabric.hdl.protocol import (
+    ENCODER_DRAW_BITS,
+    ENCODER_LFSR_BITS,
     ENCODER_LFSR_STEPS,
+    ENCODER_LFSR_TAPS,
     ENCODER_PHASE_BITS,
     ENCODER_RATE_BITS,
     ENCODER_RATE_ONE,
     LFSR_BITS,
-    LFSR_TAPS,
     ChipRegister,
     EncoderMode,
     EncoderTarget,
@@ -41,18 +44,18 @@ from neurofabric.hdl.router import MEM_OK, MEM_REFUSED
 __all__ = ["InputEncoder", "lfsr_ahead"]
 
 
-def lfsr_ahead(state, steps=ENCODER_LFSR_STEPS):
-    """The Galois LFSR state `steps` steps after `state` (a 16-bit value), as XORs of its bits:
-    the state after one step is ``(state >> 1) ^ (LFSR_TAPS if state & 1 else 0)``."""
-    bits = [{i} for i in range(LFSR_BITS)]            # each next-state bit: the state bits it XORs
+def lfsr_ahead(state, steps=ENCODER_LFSR_STEPS, bits=ENCODER_LFSR_BITS, taps=ENCODER_LFSR_TAPS):
+    """The Galois LFSR state `steps` steps after `state` (a `bits`-bit value), as XORs of its
+    bits: the state after one step is ``(state >> 1) ^ (taps if state & 1 else 0)``."""
+    sources_of = [{i} for i in range(bits)]         # each next-state bit: the state bits it XORs
     for _ in range(steps):
-        feedback = bits[0]
-        bits = bits[1:] + [set()]
-        for i in range(LFSR_BITS):
-            if LFSR_TAPS >> i & 1:
-                bits[i] = bits[i] ^ feedback
+        feedback = sources_of[0]
+        sources_of = sources_of[1:] + [set()]
+        for i in range(bits):
+            if taps >> i & 1:
+                sources_of[i] = sources_of[i] ^ feedback
     terms = []
-    for sources in bits:
+    for sources in sources_of:
         term = Const(0, 1)
         for k in sorted(sources):
             term = term ^ state[k]
@@ -124,8 +127,8 @@ class InputEncoder(wiring.Component):
         mode = Signal(EncoderMode)
         seed = Signal(LFSR_BITS, init=1)
         steps_left = Signal(16)
-        lfsr = Signal(LFSR_BITS, init=1)
-        lfsr_step = Signal(LFSR_BITS)
+        lfsr = Signal(ENCODER_LFSR_BITS, init=1)
+        lfsr_step = Signal(ENCODER_LFSR_BITS)
         m.d.comb += lfsr_step.eq(lfsr_ahead(lfsr))
 
         # --- the sweep: read channel `next_channel`; judge channel `channel` one cycle later -----
@@ -141,7 +144,7 @@ class InputEncoder(wiring.Component):
         with m.If(mode == EncoderMode.PHASE):
             m.d.comb += spike.eq(total[ENCODER_PHASE_BITS])
         with m.Else():
-            m.d.comb += spike.eq(lfsr_step <= rate_rd.data)
+            m.d.comb += spike.eq(lfsr_step[ENCODER_LFSR_BITS - ENCODER_DRAW_BITS:] < rate_rd.data)
         m.d.comb += [
             out_slice.i_stream.payload.eq(target_rd.data),
             out_slice.i_stream.valid.eq(have & spike),

@@ -20,6 +20,7 @@ __all__ = [
     "MemorySpace", "ProfileField", "StateField", "CoreRegister", "StdpField", "MemRequest",
     "Counter", "ChipRegister", "InputEvent",
     "ENCODER_CHANNELS_MAX", "ENCODER_RATE_ONE", "ENCODER_RATE_BITS", "ENCODER_PHASE_BITS", "ENCODER_LFSR_STEPS",
+    "ENCODER_LFSR_BITS", "ENCODER_LFSR_TAPS", "ENCODER_DRAW_BITS",
     "EncoderField", "EncoderMode", "EncoderTarget",
 ]
 
@@ -51,6 +52,12 @@ ENCODER_RATE_BITS = ENCODER_PHASE_BITS + 1  #: rate: unsigned, [0, ENCODER_RATE_
 #: LFSR steps per Bernoulli draw: consecutive states of a shift register are correlated
 #: (neighbouring channels' spikes would be, by ~0.5), 16 steps give 16 fresh bits
 ENCODER_LFSR_STEPS = 16
+#: The encoder's Galois LFSR: 32 bits, so that its 2**32 - 1 states last ~2**28 / E steps of E
+#: channels (a 16-bit one repeated its draws every 65535 / (16 E) steps: 32 steps at E = 128)
+ENCODER_LFSR_BITS = 32
+ENCODER_LFSR_TAPS = 0x80200003  #: x^32 + x^22 + x^2 + x + 1, maximal length (tests check it)
+#: Bits of a Bernoulli draw: the top ENCODER_DRAW_BITS of the LFSR state
+ENCODER_DRAW_BITS = 16
 
 
 def signed_range(bits):

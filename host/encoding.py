@@ -14,7 +14,7 @@ The chip's own input encoder (:meth:`Chip.encode`, docs/semantics.md "Input enco
 same two codes on chip from 16-bit words: :func:`phase_encoder_words` gives the PHASE-mode
 words that reproduce :func:`rate_encode` exactly (same quantisation, accumulator scaled by
 ``65536 / levels``); :func:`bernoulli_encoder_words` the BERNOULLI-mode rates (probability
-``rate / 65535`` per step, from the chip's LFSR, not numpy's generator).
+``rate / 65536`` per step, from the chip's LFSR, not numpy's generator).
 """
 
 import numpy as np
@@ -76,9 +76,9 @@ def phase_encoder_words(x, levels=256, phase=0.5):
 
 
 def bernoulli_encoder_words(x):
-    """The chip's BERNOULLI-mode rate words for intensities `x`: ``round(x * 65535)`` (a spike
-    when a draw in [1, 65535] is <= rate: probability rate / 65535, 1 for x = 1)."""
-    return np.round(_intensities(x) * (ENCODER_RATE_ONE - 1)).astype(np.int64)
+    """The chip's BERNOULLI-mode rate words for intensities `x`: ``round(x * 65536)`` (a spike
+    when a 16-bit draw in [0, 65535] is < rate: probability rate / 65536, 1 for x = 1)."""
+    return np.round(_intensities(x) * ENCODER_RATE_ONE).astype(np.int64)
 
 
 def bernoulli_encode(x, steps, seed=0):

@@ -27,7 +27,10 @@ from neurofabric.hdl.protocol import (
     ACC_BITS,
     DECAY_BITS,
     DECAY_ONE,
+    ENCODER_DRAW_BITS,
+    ENCODER_LFSR_BITS,
     ENCODER_LFSR_STEPS,
+    ENCODER_LFSR_TAPS,
     ENCODER_RATE_ONE,
     LFSR_BITS,
     LFSR_TAPS,
@@ -172,22 +175,62 @@ def lfsr_seed(seed, lane):
 
 
 def encoder_lfsr_seed(seed):
-    """The input encoder's LFSR state after its seed register is written: `seed` (1 if 0)."""
+    """The input encoder's (32-bit) LFSR state after its 16-bit seed register is written: `seed`
+    (1 if 0)."""
     return (seed & ((1 << LFSR_BITS) - 1)) or 1
+
+
+def _encoder_step_matrix():
+    """The encoder LFSR's :data:`ENCODER_LFSR_STEPS` steps as a 0/1 matrix over GF(2): new state
+    bits = (matrix @ state bits) mod 2, where one step is ``(s >> 1) ^ (TAPS if s & 1 else 0)``."""
+    n = ENCODER_LFSR_BITS
+    one = np.zeros((n, n), dtype=np.int64)
+    for i in range(n - 1):
+        one[i, i + 1] = 1                           # bit i of the new state: bit i + 1 of the old
+    for i in range(n):
+        if ENCODER_LFSR_TAPS >> i & 1:
+            one[i, 0] ^= 1                          # ... XOR bit 0 where the taps are
+    matrix = np.eye(n, dtype=np.int64)
+    for _ in range(ENCODER_LFSR_STEPS):
+        matrix = one @ matrix % 2
+    return matrix
+
+
+_encoder_jumps = [np.zeros((0, ENCODER_LFSR_BITS, ENCODER_LFSR_BITS), dtype=np.int64)]
+
+
+def _encoder_jump_matrices(count):
+    """(count, 32, 32): the encoder LFSR's state after 1 .. count draws, as GF(2) matrices."""
+    jumps = _encoder_jumps[0]
+    if len(jumps) < count:
+        step = _encoder_step_matrix()
+        more = [jumps[-1] if len(jumps) else np.eye(ENCODER_LFSR_BITS, dtype=np.int64)]
+        for _ in range(count - len(jumps)):
+            more.append(step @ more[-1] % 2)
+        _encoder_jumps[0] = jumps = np.concatenate([jumps, np.stack(more[1:])])
+    return jumps[:count]
+
+
+_ENCODER_BIT_WEIGHTS = 1 << np.arange(ENCODER_LFSR_BITS, dtype=np.int64)
 
 
 def encoder_draws(lfsr, count):
     """The encoder's next `count` Bernoulli draws from LFSR state `lfsr` and the state after
-    them: each draw is the state after :data:`ENCODER_LFSR_STEPS` more LFSR steps."""
-    states, lfsr = lfsr_draws(int(lfsr), count * ENCODER_LFSR_STEPS)
-    return states[ENCODER_LFSR_STEPS - 1::ENCODER_LFSR_STEPS], lfsr
+    them: each draw is the top :data:`ENCODER_DRAW_BITS` bits of the state after
+    :data:`ENCODER_LFSR_STEPS` more LFSR steps (vectorised: one GF(2) matrix per draw)."""
+    if count == 0:
+        return np.zeros(0, dtype=np.int64), int(lfsr)
+    bits = (int(lfsr) >> np.arange(ENCODER_LFSR_BITS)) & 1
+    states = (_encoder_jump_matrices(count) @ bits % 2) @ _ENCODER_BIT_WEIGHTS
+    return states >> (ENCODER_LFSR_BITS - ENCODER_DRAW_BITS), int(states[-1])
 
 
 def encoder_spikes(mode, rate, phase, lfsr):
     """One step of the input encoder for every channel, in channel order: returns (fired,
     new phase, new LFSR state). PHASE: ``phase += rate``, a spike when that reaches 2**16,
     which is then subtracted. BERNOULLI: every channel (whatever its rate) takes the next draw
-    of :func:`encoder_draws`; channel c spikes when its draw is <= ``rate[c]``."""
+    of :func:`encoder_draws`; channel c spikes when its draw is < ``rate[c]`` (probability
+    ``rate / 65536``)."""
     rate = np.asarray(rate, dtype=np.int64)
     phase = np.asarray(phase, dtype=np.int64)
     if mode is EncoderMode.PHASE:
@@ -195,7 +238,7 @@ def encoder_spikes(mode, rate, phase, lfsr):
         fired = total >= ENCODER_RATE_ONE
         return fired, total - np.where(fired, ENCODER_RATE_ONE, 0), int(lfsr)
     draws, lfsr = encoder_draws(lfsr, len(rate))
-    return draws <= rate, phase.copy(), lfsr
+    return draws < rate, phase.copy(), lfsr
 
 
 @dataclass(frozen=True)

@@ -244,9 +244,10 @@ def test_encoder_extremes_and_disable():
             model.write_words(MemorySpace.CHIP, 0, item[1].value, [item[2]])
         else:
             if item[0] == "edge":
-                # each rate equal to (even channels) or one below (odd) the draw its channel gets next
+                # each rate one above (even channels: spikes) or equal to (odd: does not) the draw
+                # its channel gets next
                 draws, _ = encoder_draws(model.encoder_lfsr, 8)
-                plan[i] = item = ("rates", [int(d) - (c % 2) for c, d in enumerate(draws)])
+                plan[i] = item = ("rates", [int(d) + 1 - (c % 2) for c, d in enumerate(draws)])
             model.write_words(MemorySpace.ENCODER, 0, 0, item[1])
 
     dut = Chip(shape, input_queue_depth=4)

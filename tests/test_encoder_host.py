@@ -56,7 +56,7 @@ def test_phase_words_reproduce_rate_encode():
         assert np.array_equal(got, rate_encode(x, steps, levels, phase)), (levels, phase, steps)
     assert phase_encoder_words([0.5])[0].tolist() == [round(0.5 * 256) * 256]
     assert phase_encoder_words([0.3])[1].tolist() == [int(0.5 * 256) * 256]
-    assert bernoulli_encoder_words([0, 0.5, 1]).tolist() == [0, 32768, 65535]
+    assert bernoulli_encoder_words([0, 0.5, 1]).tolist() == [0, 32768, 65536]
     with pytest.raises(RangeError, match="levels = 100 must be a power of two"):
         phase_encoder_words([0.5], levels=100)
 
