@@ -18,8 +18,9 @@
   per wall-clock second.
 * ``uart_efficiency``: the UART path (``UartLinkedChip``, divisor 4) simulated in pysim,
   bit by bit, with a host that sends each frame as soon as the previous reply ended:
-  payload bytes moved / (elapsed bit times / 10), for a full INJECT frame (204 events, 1020
-  payload bytes, reply empty) and a READ_OUTPUT frame returning 200 events (800 bytes). From
+  payload bytes moved / (elapsed bit times / 10), for a full INJECT frame
+  (``LINK_MAX_INJECT_EVENTS`` = 202 events, 1010 payload bytes, reply empty) and a READ_OUTPUT
+  frame returning those 202 events (808 bytes). From
   it, ``uart_3mbaud_*_events_per_s`` = efficiency x 300 000 bytes/s / bytes per event.
 
 * ``link_ice40_up5k``, ``link_ecp5_85f`` (unless ``--no-synth``): ``UartLinkedChip`` with the
@@ -39,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from neurofabric.hdl.protocol import LinkCommand, LinkStatus
+from neurofabric.hdl.protocol import LINK_INPUT_EVENT_BYTES, LINK_MAX_INJECT_EVENTS, LinkCommand, LinkStatus
 from neurofabric.host.chip import Chip
 from neurofabric.host.link import LinkBackend, build_frame, inject_request, parse_body, run_request
 from neurofabric.host.model import ChipShape
@@ -129,11 +130,12 @@ def uart_efficiency(divisor=4):
 
     shape = LOOPBACK_SHAPE
     dut = UartLinkedChip(shape, divisor=divisor, chip_factory=lambda s: loopback_factory(s, 256))
-    inject_events = [[0, 0, i] for i in range(204)]
+    events = LINK_MAX_INJECT_EVENTS                  # a full INJECT frame; all come back as spikes
+    inject_events = [[0, 0, i] for i in range(events)]
     frames = [
-        ("inject", build_frame(1, *inject_request(inject_events)), 1020),
+        ("inject", build_frame(1, *inject_request(inject_events)), events * LINK_INPUT_EVENT_BYTES),
         ("run", build_frame(2, *run_request(1)), 4),
-        ("read_output", build_frame(3, LinkCommand.READ_OUTPUT, (200).to_bytes(2, "little")), 2),
+        ("read_output", build_frame(3, LinkCommand.READ_OUTPUT, events.to_bytes(2, "little")), 2),
     ]
     results = {}
 

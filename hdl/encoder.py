@@ -18,7 +18,7 @@ A spike is an AXON event ``(core, axon)`` on ``events``, which the chip delivers
 the step that is starting (docs/semantics.md: after the routed spikes, before host inputs).
 """
 
-from amaranth.hdl import Assert, Cat, Const, Module, Mux, Signal
+from amaranth.hdl import Assert, Const, Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -45,22 +45,26 @@ __all__ = ["InputEncoder", "lfsr_ahead"]
 
 
 def lfsr_ahead(state, steps=ENCODER_LFSR_STEPS, bits=ENCODER_LFSR_BITS, taps=ENCODER_LFSR_TAPS):
-    """The Galois LFSR state `steps` steps after `state` (a `bits`-bit value), as XORs of its
-    bits: the state after one step is ``(state >> 1) ^ (taps if state & 1 else 0)``."""
-    sources_of = [{i} for i in range(bits)]         # each next-state bit: the state bits it XORs
-    for _ in range(steps):
-        feedback = sources_of[0]
-        sources_of = sources_of[1:] + [set()]
-        for i in range(bits):
-            if taps >> i & 1:
-                sources_of[i] = sources_of[i] ^ feedback
-    terms = []
-    for sources in sources_of:
-        term = Const(0, 1)
-        for k in sorted(sources):
-            term = term ^ state[k]
-        terms.append(term)
-    return Cat(*terms)
+    """The Galois LFSR state `steps` (<= `bits`) steps after `state` (a `bits`-bit value), where
+    one step is ``(s >> 1) ^ (taps if s & 1 else 0)``.
+
+    The map is linear over GF(2), and a state bit at or above `steps` only shifts down in
+    `steps` steps (it reaches bit 0 no earlier than the last one), so the result is
+    ``(state >> steps)`` XOR, for each of the `steps` low bits that is set, that bit's own
+    image (a constant): `steps` word-wide XORs, which simulate much faster than a network of
+    single-bit XORs and synthesise to the same logic."""
+    if not 1 <= steps <= bits:
+        raise ValueError(f"steps = {steps} is out of range: allowed [1, {bits}]")
+
+    def image(value):
+        for _ in range(steps):
+            value = (value >> 1) ^ (taps if value & 1 else 0)
+        return value
+
+    result = state >> steps
+    for i in range(steps):
+        result = result ^ Mux(state[i], Const(image(1 << i), bits), Const(0, bits))
+    return result[:bits]
 
 
 class InputEncoder(wiring.Component):

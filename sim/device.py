@@ -11,7 +11,7 @@
 
 The default ``chip="chip"`` is the real chip with learning cores (``Chip(learning=True)``, so the
 host's learning API works on "sim"); ``chip="chip:inference"`` leaves the learning logic out
-and simulates faster (default shape, reference network: 1.21 against 1.03 M cycles/s,
+and simulates faster (default shape, reference network: 1.36 against 1.04 M cycles/s,
 ``python bench/link.py``). The default shape has 64 input encoder channels (``Chip.encode``); a
 shape's ``encoder_channels`` decides whether the device has an encoder, and IDENTIFY reports it.
 ``python -m neurofabric.sim.device [--chip loopback|chip|chip:inference]

@@ -348,3 +348,36 @@ def test_chip_without_encoder_refuses_encoder_requests():
 def test_input_encoder_rejects_zero_channels():
     with pytest.raises(ValueError, match="encoder_channels"):
         InputEncoder(ChipShape(cores=1, neurons=8, axons=8, lanes=8))
+
+
+def test_lfsr_ahead_is_sixteen_single_steps():
+    """The gateware's 16-step LFSR jump (word-wide XORs) equals 16 single steps written out,
+    for random and extreme states."""
+    from amaranth.hdl import Module, Signal
+
+    from neurofabric.hdl.encoder import lfsr_ahead
+    from neurofabric.hdl.protocol import ENCODER_LFSR_TAPS
+
+    def single_steps(x):
+        for _ in range(16):
+            x = (x >> 1) ^ (ENCODER_LFSR_TAPS if x & 1 else 0)
+        return x
+
+    seed = random.randrange(1 << 30)
+    print("seed", seed)
+    rng = random.Random(seed)
+    states = [1, 0xFFFFFFFF, 0x80000000, 0xFFFF, 0x10000] + [rng.getrandbits(32) for _ in range(500)]
+    m = Module()
+    state, ahead = Signal(32), Signal(32)
+    m.d.comb += ahead.eq(lfsr_ahead(state))
+    got = []
+
+    async def bench(ctx):
+        for x in states:
+            ctx.set(state, x)
+            got.append(ctx.get(ahead))
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+    assert got == [single_steps(x) for x in states]
