@@ -12,7 +12,7 @@ back-pressure pattern, and the output split into steps. Every wait has a cycle b
 import random
 
 from neurofabric.hdl.protocol import EventKind
-from neurofabric.sim.streams import stream_put
+from neurofabric.sim.streams import mem_transaction, stream_put
 
 __all__ = ["ChipBench", "spikes_by_step"]
 
@@ -28,23 +28,8 @@ class ChipBench:
         self.markers = 0
 
     async def mem(self, ctx, space, core, addr, data=0, write=False, budget=3000):
-        dut = self.dut
-        ctx.set(dut.mem.payload, {"mem": space, "core": core, "addr": addr, "data": data, "write": int(write)})
-        ctx.set(dut.mem.valid, 1)
-        for _ in range(budget):
-            _, _, ready = await ctx.tick().sample(dut.mem.ready)
-            if ready:
-                break
-        else:
-            raise AssertionError(f"{space.name} request not accepted within {budget} cycles")
-        ctx.set(dut.mem.valid, 0)
-        ctx.set(dut.mem_resp.ready, 1)
-        for _ in range(budget):
-            _, _, valid, resp = await ctx.tick().sample(dut.mem_resp.valid, dut.mem_resp.payload)
-            if valid:
-                ctx.set(dut.mem_resp.ready, 0)
-                return resp
-        raise AssertionError(f"no response to a {space.name} request within {budget} cycles")
+        payload = {"mem": space, "core": core, "addr": addr, "data": data, "write": int(write)}
+        return await mem_transaction(ctx, self.dut, payload, budget)
 
     async def put(self, ctx, stream, payload, budget=20000):
         await stream_put(ctx, stream, payload, budget)

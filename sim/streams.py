@@ -11,7 +11,7 @@ budget, so a hung design fails the test instead of hanging it.
 
 import random
 
-__all__ = ["SimulationTimeout", "stream_put", "stream_get", "wait_until", "ready_pattern"]
+__all__ = ["SimulationTimeout", "stream_put", "stream_get", "mem_transaction", "wait_until", "ready_pattern"]
 
 
 class SimulationTimeout(AssertionError):
@@ -49,6 +49,13 @@ async def stream_get(ctx, stream, budget=10_000):
             ctx.set(stream.ready, 0)
             return payload
     raise SimulationTimeout(f"stream_get: nothing arrived within {budget} cycles")
+
+
+async def mem_transaction(ctx, dut, payload, budget=10_000):
+    """One memory request: `payload` (a MemRequest value) offered on ``dut.mem`` until accepted,
+    then the response word taken from ``dut.mem_resp``; each wait at most `budget` cycles."""
+    await stream_put(ctx, dut.mem, payload, budget)
+    return await stream_get(ctx, dut.mem_resp, budget)
 
 
 def ready_pattern(probability, seed):

@@ -25,28 +25,14 @@ from neurofabric.hdl.router import (
     route_pointer_bits,
 )
 from neurofabric.host.model import ChipModel, ChipShape
+from neurofabric.sim.streams import mem_transaction
 
 SHAPE = ChipShape(cores=3, neurons=16, axons=48, lanes=1, route_entries=128)
 
 
 async def mem_access(ctx, dut, space, addr, data=0, write=False, budget=100):
     """One request on `dut.mem`; returns its response word (each wait bounded by `budget`)."""
-    ctx.set(dut.mem.payload, {"mem": space, "addr": addr, "data": data, "write": int(write)})
-    ctx.set(dut.mem.valid, 1)
-    ctx.set(dut.mem_resp.ready, 1)
-    for _ in range(budget):
-        _, _, ready = await ctx.tick().sample(dut.mem.ready)
-        if ready:
-            break
-    else:
-        raise AssertionError(f"{space.name} request not accepted within {budget} cycles")
-    ctx.set(dut.mem.valid, 0)
-    for _ in range(budget):
-        _, _, valid, resp = await ctx.tick().sample(dut.mem_resp.valid, dut.mem_resp.payload)
-        if valid:
-            ctx.set(dut.mem_resp.ready, 0)
-            return resp
-    raise AssertionError(f"no response to a {space.name} request within {budget} cycles")
+    return await mem_transaction(ctx, dut, {"mem": space, "addr": addr, "data": data, "write": int(write)}, budget)
 
 
 def random_routes(shape, rng, max_fanout=4, host_probability=0.2):
