@@ -37,16 +37,24 @@ class Driver:
         dut.spike_out__ready.value = 0
         dut.mem__valid.value = 0
         dut.mem_resp__ready.value = 0
+        self.idle_inputs()
         for _ in range(3):
             await RisingEdge(dut.clk)
         dut.rst.value = 0
+
+    def idle_inputs(self):
+        """Inputs a variant of the core adds, at their reset values."""
 
     async def mem(self, space, addr, data=0, write=False, budget=200):
         response = await mem_transfer(self.dut, mem_request(space, addr, data, write), what=space.name,
                                       budget=budget)
         return to_signed32(response)
 
-    async def load(self):
+    #: every READBACK_STRIDE-th write is read back after loading
+    READBACK_STRIDE = 7
+
+    def writes(self):
+        """The (space, addr, data) writes that load the scenario's configuration and state."""
         s = self.scenario
         core = s.model.cores[0]
         N, A = s.neurons, s.axons
@@ -59,17 +67,22 @@ class Driver:
                    for p, profile in enumerate(s.profiles) for field, name in PROFILE_FIELDS.items()]
         writes += [(MemorySpace.STATE, n * 4 + field.value, int(s.initial[name][n]))
                    for n in range(N) for field, name in STATE_FIELDS.items()]
+        return writes
+
+    async def load(self):
+        writes = self.writes()
         for space, addr, data in writes:
             assert await self.mem(space, addr, data, write=True) == 0, f"write {space.name}[{addr}]"
-        for space, addr, data in writes[::7]:
+        for space, addr, data in writes[::self.READBACK_STRIDE]:
             got = await self.mem(space, addr)
             if space is MemorySpace.NEURON:
                 got &= 0xFFFF_FFFF
             assert got == data, f"read back {space.name}[{addr}] = {got}, wrote {data}"
 
-    async def drive(self, events, pulse, until_idle, budget):
-        """Offer `events` (the first together with a `step` pulse if `pulse`), drain spike_out
-        with the ready pattern, until the events are taken (and the core is idle)."""
+    async def drive(self, events, pulse, until_idle, budget, learning=False):
+        """Offer `events` (from the cycle of a `step` pulse if `pulse`), drain spike_out with the
+        ready pattern, until the events are taken (and the core is idle). With `learning` (a
+        step that learns), no event may be accepted with the pulse."""
         dut = self.dut
         queue = list(events)
         for cycle in range(budget):
@@ -84,6 +97,7 @@ class Driver:
             dut.spike_out__ready.value = int(ready)
             await ReadOnly()
             if offering and int(dut.axon_in__ready.value):
+                assert not (pulsing and learning), "an event was accepted with a learning step's pulse"
                 queue.pop(0)
             if ready and int(dut.spike_out__valid.value):
                 self.spikes.append(int(dut.spike_out__payload.value))
@@ -96,51 +110,76 @@ class Driver:
         dut.step.value = 0
         dut.spike_out__ready.value = 0
 
+    def extra_cycles(self):
+        """Cycles a step may take beyond the sweep and the integration (a variant's extra phase)."""
+        return 0
+
+    def begin_step(self, t):
+        """Before step `t` runs on the model and the core; returns whether the step learns."""
+        return False
+
+    def end_step(self, t):
+        """After step `t`'s spikes matched."""
+
+    async def check(self, t):
+        """After step `t`: u, v, refractory and theta of every neuron equal the model's."""
+        s = self.scenario
+        want = s.model.state(0)
+        for n in range(s.neurons):
+            for field, name in STATE_FIELDS.items():
+                value = await self.mem(MemorySpace.STATE, n * 4 + field.value)
+                assert value == want[name][n], f"step {t}: neuron {n} {name} = {value}, model {want[name][n]}"
+
+    def summary(self):
+        return ""
+
+    #: the failure message when the whole run fired no spike
+    NO_SPIKES = "no spikes: the scenario would not test firing"
+
     async def run(self):
         s = self.scenario
         rng = random.Random(s.rng.random())
         N = s.neurons
         # cycles: an event takes neurons/lanes, a sweep neurons + ~10 (longer under back-pressure)
         slowdown = 1 / max(self.ready_probability, 0.05)
-        budget = int(4 * slowdown * (N + 50) + 4 * (N // s.lanes + 2) * max(map(len, s.events)))
+        budget = int(4 * slowdown * (N + 50) + 4 * (N // s.lanes + 2) * max(map(len, s.events))
+                     + self.extra_cycles())
         await self.load()
         await self.drive(s.events[0], pulse=False, until_idle=True, budget=budget)
         spike_total = 0
         for t in range(s.steps):
+            learning = self.begin_step(t)
             s.model.inject(t, [(0, a) for a in s.events[t]])
             expected = [n for _, _, n in s.model.step()]
             following = s.events[t + 1] if t + 1 < s.steps else []
             early = following[:rng.randint(0, len(following))]
             late = following[len(early):]
             before = len(self.spikes)
-            await self.drive(early, pulse=True, until_idle=True, budget=budget)
+            await self.drive(early, pulse=True, until_idle=True, budget=budget, learning=bool(learning))
             got = self.spikes[before:]
             assert got == expected, f"step {t}: spikes {got}, model {expected}"
             spike_total += len(got)
-            want = s.model.state(0)
-            for n in range(N):
-                for field, name in STATE_FIELDS.items():
-                    value = await self.mem(MemorySpace.STATE, n * 4 + field.value)
-                    assert value == want[name][n], \
-                        f"step {t}: neuron {n} {name} = {value}, model {want[name][n]}"
+            self.end_step(t)
+            await self.check(t)
             await self.drive(late, pulse=False, until_idle=False, budget=budget)
-        self.dut._log.info(f"{s.steps} steps, {sum(map(len, s.events))} events, {spike_total} "
-                           "spikes: all match the model")
-        assert spike_total > 0, "no spikes: the scenario would not test firing"
+        self.dut._log.info(f"{s.steps} steps, {sum(map(len, s.events))} events, {spike_total} spikes"
+                           f"{self.summary()}: all match the model")
+        assert spike_total > 0, self.NO_SPIKES
 
 
-async def run_case(dut, ready_probability, extreme, salt):
+async def run_case(dut, ready_probability, extreme, salt, scenario_class=Scenario, driver_class=Driver,
+                   default_steps=12, label=""):
     neurons, axons, lanes = map(int, os.environ["NF_CORE"].split(","))
     seed = int(os.environ["NF_CORE_SEED"]) + salt
-    steps = int(os.environ.get("NF_STEPS", "12"))
-    dut._log.info(f"NeuronCore({neurons}, {axons}, {lanes}) ready={ready_probability} "
+    steps = int(os.environ.get("NF_STEPS", str(default_steps)))
+    dut._log.info(f"NeuronCore({neurons}, {axons}, {lanes}{label}) ready={ready_probability} "
                   f"extreme={extreme} seed={seed}")
-    scenario = Scenario(neurons, axons, lanes, seed, steps, extreme)
+    scenario = scenario_class(neurons, axons, lanes, seed, steps, extreme)
     while not scenario.fires():         # nothing fires: the next seed (as the pysim tests do)
         seed += 1
         dut._log.info(f"no spikes in the model: seed={seed}")
-        scenario = Scenario(neurons, axons, lanes, seed, steps, extreme)
-    driver = Driver(dut, scenario, ready_probability, seed ^ 0x5A5A)
+        scenario = scenario_class(neurons, axons, lanes, seed, steps, extreme)
+    driver = driver_class(dut, scenario, ready_probability, seed ^ 0x5A5A)
     await driver.reset()
     await driver.run()
 
