@@ -15,9 +15,10 @@ import random
 import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge
-from test_core import PROFILE_FIELDS, STATE_FIELDS, Scenario, profile_value
+from test_core import PROFILE_FIELDS, STATE_FIELDS, Scenario
 
 from neurofabric.hdl.protocol import CoreRegister, MemorySpace
+from neurofabric.host.compiler import profile_words
 from neurofabric.sim.cocotb_bench import mem_request, mem_transfer, to_signed32
 
 
@@ -63,8 +64,8 @@ class Driver:
         writes.append((MemorySpace.CORE, CoreRegister.WEIGHT_EXP.value, core.weight_exp))
         writes += [(MemorySpace.NEURON, n, (int(core.bias[n]) & 0xFF_FFFF) | int(core.profile[n]) << 24)
                    for n in range(N)]
-        writes += [(MemorySpace.PROFILE, p * 8 + field.value, profile_value(profile, name))
-                   for p, profile in enumerate(s.profiles) for field, name in PROFILE_FIELDS.items()]
+        writes += [(MemorySpace.PROFILE, p * 8 + field.value, int(profile_words(profile)[field.value]))
+                   for p, profile in enumerate(s.profiles) for field in PROFILE_FIELDS]
         writes += [(MemorySpace.STATE, n * 4 + field.value, int(s.initial[name][n]))
                    for n in range(N) for field, name in STATE_FIELDS.items()]
         return writes

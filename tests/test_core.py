@@ -27,6 +27,7 @@ from neurofabric.hdl.protocol import (
     ResetMode,
     StateField,
 )
+from neurofabric.host.compiler import profile_words
 from neurofabric.host.model import (
     STATE_MAX,
     STATE_MIN,
@@ -35,6 +36,7 @@ from neurofabric.host.model import (
     NeuronProfile,
     Route,
 )
+from neurofabric.sim.cocotb_bench import to_signed32
 from neurofabric.sim.streams import SimulationTimeout, ready_pattern, stream_get, stream_put
 
 PROFILE_FIELDS = {
@@ -50,15 +52,6 @@ STATE_FIELDS = {StateField.U: "u", StateField.V: "v", StateField.REFRACTORY: "re
 def base_seed():
     seed = int(os.environ.get("NEUROFABRIC_SEED", random.randrange(1 << 32)))
     return seed
-
-
-def to_signed32(word):
-    return word - (1 << 32) if word & (1 << 31) else word
-
-
-def profile_value(profile, name):
-    value = getattr(profile, name)
-    return value.value if isinstance(value, ResetMode) else value
 
 
 # --- configurations ------------------------------------------------------------------------------
@@ -189,9 +182,9 @@ class CoreBench:
             word = (int(core.bias[n]) & 0xFF_FFFF) | int(core.profile[n]) << 24
             await self.write(ctx, MemorySpace.NEURON, n, word)
         for p, profile in enumerate(s.profiles):
-            for field, name in PROFILE_FIELDS.items():
+            for field in PROFILE_FIELDS:
                 await self.write(ctx, MemorySpace.PROFILE, p * 8 + field.value,
-                                 profile_value(profile, name))
+                                 int(profile_words(profile)[field.value]))
         for n in range(N):
             for field, name in STATE_FIELDS.items():
                 await self.write(ctx, MemorySpace.STATE, n * 4 + field.value, int(s.initial[name][n]))
@@ -207,7 +200,7 @@ class CoreBench:
         for p, profile in enumerate(s.profiles):
             for field, name in PROFILE_FIELDS.items():
                 got = await self.read(ctx, MemorySpace.PROFILE, p * 8 + field.value)
-                assert got == profile_value(profile, name), f"PROFILE[{p}].{name} read {got}"
+                assert got == int(profile_words(profile)[field.value]), f"PROFILE[{p}].{name} read {got}"
         got = await self.read(ctx, MemorySpace.CORE, CoreRegister.WEIGHT_EXP.value)
         assert got == core.weight_exp
 
@@ -366,7 +359,7 @@ def test_reset_profiles_are_the_model_defaults():
         for p in range(PROFILE_COUNT):
             for field, name in PROFILE_FIELDS.items():
                 got = await bench.read(ctx, MemorySpace.PROFILE, p * 8 + field.value)
-                assert got == profile_value(default, name), f"profile {p} {name} = {got} after reset"
+                assert got == int(profile_words(default)[field.value]), f"profile {p} {name} = {got} after reset"
 
     sim.add_testbench(run)
     sim.run()

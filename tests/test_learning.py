@@ -33,7 +33,9 @@ from neurofabric.hdl.protocol import (
     StateField,
     StdpField,
 )
+from neurofabric.host.compiler import profile_words
 from neurofabric.host.model import ChipModel, ChipShape, NeuronProfile, Route, StdpConfig, lfsr_seed
+from neurofabric.sim.cocotb_bench import to_signed32
 from neurofabric.sim.streams import SimulationTimeout, ready_pattern, stream_get, stream_put
 
 PROFILE_FIELDS = {
@@ -49,15 +51,6 @@ STDP_FIELDS = [f for f in StdpField if f is not StdpField.REWARD]
 
 def base_seed():
     return int(os.environ.get("NEUROFABRIC_SEED", random.randrange(1 << 32)))
-
-
-def to_signed32(word):
-    return word - (1 << 32) if word & (1 << 31) else word
-
-
-def profile_value(profile, name):
-    value = getattr(profile, name)
-    return value.value if isinstance(value, ResetMode) else value
 
 
 def random_stdp(rng, extreme):
@@ -166,8 +159,8 @@ class LearningBench:
         for n in range(N):
             await self.write(ctx, MemorySpace.NEURON, n, (int(core.bias[n]) & 0xFF_FFFF) | int(core.profile[n]) << 24)
         for p, profile in enumerate(s.profiles):
-            for field, name in PROFILE_FIELDS.items():
-                await self.write(ctx, MemorySpace.PROFILE, p * 8 + field.value, profile_value(profile, name))
+            for field in PROFILE_FIELDS:
+                await self.write(ctx, MemorySpace.PROFILE, p * 8 + field.value, int(profile_words(profile)[field.value]))
         for n in range(N):
             for field, name in STATE_FIELDS.items():
                 await self.write(ctx, MemorySpace.STATE, n * 4 + field.value, int(s.initial[name][n]))
