@@ -219,7 +219,18 @@ def xilinx7_pll(f_in, f_out):
 
 # --- Primitives ---------------------------------------------------------------------------------
 
-class Ice40PLL(Elaboratable):
+class _PLL(Elaboratable):
+    """What every PLL primitive wrapper has: its divider `config`, its `reference` clock, and the
+    ``clk`` (output) and ``locked`` signals."""
+
+    def __init__(self, config, *, reference):
+        self.config = config
+        self.reference = reference
+        self.clk = Signal()
+        self.locked = Signal()
+
+
+class Ice40PLL(_PLL):
     """``SB_PLL40_PAD`` (reference from the PLL's dedicated pad `pad`, an IO port) or
     ``SB_PLL40_CORE`` (reference from the fabric signal `reference`), SIMPLE feedback, output on
     the global network (``PLLOUTGLOBAL``) as ``clk``; ``locked`` is the PLL's ``LOCK``."""
@@ -227,11 +238,8 @@ class Ice40PLL(Elaboratable):
     def __init__(self, config, *, pad=None, reference=None):
         if (pad is None) == (reference is None):
             raise ValueError("Ice40PLL: give exactly one of pad (an IO port) or reference (a signal)")
-        self.config = config
+        super().__init__(config, reference=reference)
         self.pad = pad
-        self.reference = reference
-        self.clk = Signal()
-        self.locked = Signal()
 
     def elaborate(self, platform):
         m = Module()
@@ -252,14 +260,8 @@ def _mhz_attr(value):
     return f"{float(value):.6g}"
 
 
-class Ecp5PLL(Elaboratable):
+class Ecp5PLL(_PLL):
     """``EHXPLLL`` with CLKOP feedback; ``clk`` = CLKOP, ``locked`` = LOCK."""
-
-    def __init__(self, config, *, reference):
-        self.config = config
-        self.reference = reference
-        self.clk = Signal()
-        self.locked = Signal()
 
     def elaborate(self, platform):
         m = Module()
@@ -281,14 +283,8 @@ class Ecp5PLL(Elaboratable):
         return m
 
 
-class Xilinx7PLL(Elaboratable):
+class Xilinx7PLL(_PLL):
     """``PLLE2_BASE`` with its feedback looped back, CLKOUT0 through a ``BUFG`` as ``clk``."""
-
-    def __init__(self, config, *, reference):
-        self.config = config
-        self.reference = reference
-        self.clk = Signal()
-        self.locked = Signal()
 
     def elaborate(self, platform):
         m = Module()
