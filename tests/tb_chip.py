@@ -136,16 +136,15 @@ class ChipDriver:
         raise AssertionError(f"{self.markers} of {count} step markers within {budget} cycles")
 
 
-@cocotb.test()
-async def chip_network_against_model(dut):
+def run_parameters():
+    """(shape, seed, steps, out ready probability) from NF_SHAPE, NF_SEED, NF_STEPS, NF_READY."""
     cores, neurons, axons, lanes, route_entries = map(int, os.environ["NF_SHAPE"].split(","))
     shape = ChipShape(cores=cores, neurons=neurons, axons=axons, lanes=lanes, route_entries=route_entries)
-    seed, steps = int(os.environ["NF_SEED"]), int(os.environ["NF_STEPS"])
-    ready_probability = float(os.environ["NF_READY"])
-    queue = int(os.environ["NF_QUEUE"])
-    rng = random.Random(seed)
-    dut._log.info(f"seed {seed}, {steps} steps, shape {shape}, out ready {ready_probability}")
+    return shape, int(os.environ["NF_SEED"]), int(os.environ["NF_STEPS"]), float(os.environ["NF_READY"])
 
+
+async def reset_chip(dut):
+    """Start the clock and hold reset for 3 cycles with every input stream idle."""
     cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
     dut.rst.value = 1
     for name in ("mem__valid", "mem_resp__ready", "inject__valid", "run__valid", "out__ready"):
@@ -153,6 +152,16 @@ async def chip_network_against_model(dut):
     for _ in range(3):
         await RisingEdge(dut.clk)
     dut.rst.value = 0
+
+
+@cocotb.test()
+async def chip_network_against_model(dut):
+    shape, seed, steps, ready_probability = run_parameters()
+    queue = int(os.environ["NF_QUEUE"])
+    rng = random.Random(seed)
+    dut._log.info(f"seed {seed}, {steps} steps, shape {shape}, out ready {ready_probability}")
+
+    await reset_chip(dut)
 
     model = ChipModel(shape)
     driver = ChipDriver(dut, ready_probability, seed)
@@ -162,7 +171,7 @@ async def chip_network_against_model(dut):
         resp = await driver.mem(space, core, addr, word, write=True)
         assert resp == 0, f"write {space.name} core {core} [{addr}] = {word}: response {resp}"
 
-    inputs = [[(rng.randrange(cores), rng.randrange(axons)) for _ in range(rng.randint(0, 4))]
+    inputs = [[(rng.randrange(shape.cores), rng.randrange(shape.axons)) for _ in range(rng.randint(0, 4))]
               for _ in range(steps)]
     for t, events in enumerate(inputs):
         if events:
@@ -204,9 +213,9 @@ async def chip_network_against_model(dut):
             assert counters[c] == model.counters[c], f"{c.name}: chip {counters[c]}, model {model.counters[c]}"
     assert await driver.mem(MemorySpace.CHIP, 0, ChipRegister.STEP.value) == steps
     # and the final neuron state of every core, read back through mem
-    for c in range(cores):
-        state = model.read_words(MemorySpace.STATE, c, 0, neurons * 4)
-        for addr in range(neurons * 4):
+    for c in range(shape.cores):
+        state = model.read_words(MemorySpace.STATE, c, 0, shape.neurons * 4)
+        for addr in range(shape.neurons * 4):
             got = await driver.mem(MemorySpace.STATE, c, addr)
             assert got == int(state[addr]) & WORD, f"core {c} STATE[{addr}]: chip {got}, model {state[addr]}"
     host_spikes = model.counters[Counter.HOST_SPIKES]
@@ -285,20 +294,11 @@ def learning_state(model, shape, core):
 async def chip_learning_against_model(dut):
     """A learning network (every core plastic, recurrent routes) with reward changes between
     chunks: every step's host spikes, then weights, traces and neuron state equal ChipModel's."""
-    cores, neurons, axons, lanes, route_entries = map(int, os.environ["NF_SHAPE"].split(","))
-    shape = ChipShape(cores=cores, neurons=neurons, axons=axons, lanes=lanes, route_entries=route_entries)
-    seed, steps = int(os.environ["NF_SEED"]), int(os.environ["NF_STEPS"])
-    ready_probability = float(os.environ["NF_READY"])
+    shape, seed, steps, ready_probability = run_parameters()
     rng = random.Random(seed)
     dut._log.info(f"seed {seed}, {steps} learning steps, shape {shape}, out ready {ready_probability}")
 
-    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
-    dut.rst.value = 1
-    for name in ("mem__valid", "mem_resp__ready", "inject__valid", "run__valid", "out__ready"):
-        getattr(dut, name).value = 0
-    for _ in range(3):
-        await RisingEdge(dut.clk)
-    dut.rst.value = 0
+    await reset_chip(dut)
 
     model = ChipModel(shape)
     driver = ChipDriver(dut, ready_probability, seed)
@@ -307,13 +307,13 @@ async def chip_learning_against_model(dut):
         model.write_words(space, core, addr, [word])
         resp = await driver.mem(space, core, addr, word, write=True)
         assert resp == 0, f"write {space.name} core {core} [{addr}] = {word}: response {resp}"
-    inputs = [[(rng.randrange(cores), rng.randrange(axons)) for _ in range(rng.randint(0, 4))]
+    inputs = [[(rng.randrange(shape.cores), rng.randrange(shape.axons)) for _ in range(rng.randint(0, 4))]
               for _ in range(steps)]
     expected = [[] for _ in range(steps)]
     start = get_sim_time(unit="ns")
     for t, chunk, writes in learning_schedule(steps, rng):
         for space, core, addr, word in writes:
-            core = rng.randrange(cores) if core == "any" else core
+            core = rng.randrange(shape.cores) if core == "any" else core
             model.write_words(space, core, addr, [word])
             assert await driver.mem(space, core, addr, word, write=True) == 0
             assert await driver.mem(space, core, addr) == word & WORD
@@ -340,7 +340,7 @@ async def chip_learning_against_model(dut):
     for s in range(steps):
         assert per_step[s] == sorted(expected[s]), f"step {s}: chip {per_step[s]} != model {sorted(expected[s])}"
     changed = 0
-    for c in range(cores):
+    for c in range(shape.cores):
         for space, words in learning_state(model, shape, c).items():
             for addr, word in enumerate(words):
                 got = await driver.mem(space, c, addr)
@@ -348,7 +348,7 @@ async def chip_learning_against_model(dut):
     initial = ChipModel(shape)
     for space, core, addr, word in network_words(shape, random.Random(seed)):
         initial.write_words(space, core, addr, [word])
-    for c in range(cores):
+    for c in range(shape.cores):
         changed += int((model.cores[c].weights != initial.cores[c].weights).sum())
     assert changed > 0, "no weight changed: the network did not learn"
     report = {"steps": steps, "cycles": cycles, "cycles_per_step": cycles / steps, "weights_changed": changed,
