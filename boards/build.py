@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from neurofabric.boards.catalog import BOARDS, BoardConfigError, BuildConfig, check_config, get_board
-from neurofabric.boards.synth import _CELLS, COLLISION_FREE_SCRIPT
+from neurofabric.boards.synth import COLLISION_FREE_SCRIPT, cell_counts
 from neurofabric.sim.toolchain import ToolchainError, cache_key, cached_build, tool_versions, yowasp_env
 
 __all__ = ["BOARDS", "BuildResult", "BuildError", "TimingError", "build_bitstream", "program_board",
@@ -199,15 +199,7 @@ def _parse(folder, config):
     fmax = min(float(entry["achieved"]) for entry in (sync or clocks.values()))
     utilisation = {name: {"used": int(v["used"]), "available": int(v["available"])}
                    for name, v in report.get("utilization", {}).items() if int(v["used"])}
-    stat = json.loads((folder / "stat.json").read_text())
-    cells = dict(stat.get("design", {}).get("num_cells_by_type", {}))
-    if not cells:
-        for module in stat.get("modules", {}).values():
-            for cell, count in module.get("num_cells_by_type", {}).items():
-                cells[cell] = cells.get(cell, 0) + count
-    kinds = _CELLS[config.board.family]
-    counts = {key: sum(int(cells.get(t, 0)) for t in kinds[key]) for key in ("lut4", "carry", "bram", "spram", "dsp")}
-    counts["ff"] = sum(int(n) for t, n in cells.items() if t.startswith(kinds["ff_prefix"]))
+    counts = cell_counts(folder / "stat.json", config.board.family)
     return fmax, clocks, utilisation, counts
 
 

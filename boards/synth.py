@@ -305,6 +305,21 @@ def synthesize(component, *, family, device, package, clock_mhz, name, build_dir
     return _parse(folder, name, family, device, package, clock_mhz, harness)
 
 
+def cell_counts(stat_path, family):
+    """Yosys's cell counts (``stat -json`` output at `stat_path`, flattened or per module) by
+    kind for `family`: lut4, carry, bram, spram, dsp and ff."""
+    stat = json.loads(Path(stat_path).read_text())
+    cells = dict(stat.get("design", {}).get("num_cells_by_type", {}))
+    if not cells:
+        for module in stat.get("modules", {}).values():
+            for cell, count in module.get("num_cells_by_type", {}).items():
+                cells[cell] = cells.get(cell, 0) + count
+    kinds = _CELLS[family]
+    counts = {key: sum(int(cells.get(t, 0)) for t in kinds[key]) for key in ("lut4", "carry", "bram", "spram", "dsp")}
+    counts["ff"] = sum(int(n) for t, n in cells.items() if t.startswith(kinds["ff_prefix"]))
+    return counts
+
+
 def _parse(folder, name, family, device, package, clock_mhz, harness):
     report = json.loads((folder / "report.json").read_text())
     clocks = report.get("fmax", {})
@@ -313,24 +328,12 @@ def _parse(folder, name, family, device, package, clock_mhz, harness):
                          f"clocked logic left (was everything optimised away?)")
     fmax = min(entry["achieved"] for entry in clocks.values())
 
-    stat = json.loads((folder / "stat.json").read_text())
-    cells = dict(stat.get("design", {}).get("num_cells_by_type", {}))
-    if not cells:
-        for module in stat.get("modules", {}).values():
-            for cell, count in module.get("num_cells_by_type", {}).items():
-                cells[cell] = cells.get(cell, 0) + count
-    kinds = _CELLS[family]
-
-    def count(types):
-        return sum(int(cells.get(t, 0)) for t in types)
-
+    counts = cell_counts(folder / "stat.json", family)
     return SynthResult(
         name=name, family=family, device=device, package=package,
         fmax_mhz=float(fmax), target_mhz=float(clock_mhz),
-        lut4=count(kinds["lut4"]),
-        ff=sum(int(n) for t, n in cells.items() if t.startswith(kinds["ff_prefix"])),
-        bram=count(kinds["bram"]), spram=count(kinds["spram"]), dsp=count(kinds["dsp"]),
-        carry=count(kinds["carry"]),
+        lut4=counts["lut4"], ff=counts["ff"], bram=counts["bram"], spram=counts["spram"], dsp=counts["dsp"],
+        carry=counts["carry"],
         harness_ff=harness.ff, harness_lut4=harness.lut4,
         report_path=folder / "report.json", stat_path=folder / "stat.json",
         yosys_log_path=folder / "yosys.log", nextpnr_log_path=folder / "nextpnr.log",
