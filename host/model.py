@@ -19,6 +19,7 @@ routed from the previous step, the input encoder's spikes, host input); (2) upda
 step's spikes (to axons for the next step, and to the host output).
 """
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -196,19 +197,15 @@ def _encoder_step_matrix():
     return matrix
 
 
-_encoder_jumps = [np.zeros((0, ENCODER_LFSR_BITS, ENCODER_LFSR_BITS), dtype=np.int64)]
-
-
+@functools.cache
 def _encoder_jump_matrices(count):
-    """(count, 32, 32): the encoder LFSR's state after 1 .. count draws, as GF(2) matrices."""
-    jumps = _encoder_jumps[0]
-    if len(jumps) < count:
-        step = _encoder_step_matrix()
-        more = [jumps[-1] if len(jumps) else np.eye(ENCODER_LFSR_BITS, dtype=np.int64)]
-        for _ in range(count - len(jumps)):
-            more.append(step @ more[-1] % 2)
-        _encoder_jumps[0] = jumps = np.concatenate([jumps, np.stack(more[1:])])
-    return jumps[:count]
+    """(count, 32, 32): the encoder LFSR's state after 1 .. count draws, as GF(2) matrices (a
+    chip asks for one count, its channel count)."""
+    step = _encoder_step_matrix()
+    jumps = [step]
+    for _ in range(count - 1):
+        jumps.append(step @ jumps[-1] % 2)
+    return np.stack(jumps)
 
 
 _ENCODER_BIT_WEIGHTS = 1 << np.arange(ENCODER_LFSR_BITS, dtype=np.int64)
