@@ -4,7 +4,7 @@ import os
 
 from setuptools import setup
 
-ROOTS = {"neurofabric.hdl": "hdl", "neurofabric.host": "host", "neurofabric.sim": "sim", "neurofabric.boards": "boards"}
+ROOTS = {"neurofabric.hdl": "hdl", "neurofabric.host": "host", "neurofabric.sim": "sim", "neurofabric.boards": "boards", "neurofabric.demos": "demos"}
 
 
 def subpackages():

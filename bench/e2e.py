@@ -35,9 +35,9 @@ over 4 cores of 250 at P = 16, times the routed Fmax (docs/bench/core.json ``ecp
 the sim device runs, its measured clock cycles per step are reported too (they include the host
 link's traffic).
 
-Also: ``digits_accuracy`` (host/demo.py ``run_demo`` on the model, all 540 test images),
+Also: ``digits_accuracy`` (demos/digits.py ``run_demo`` on the model, all 540 test images),
 ``model_agreement`` (the same demo on the sim device against the model, if the sim device runs)
-and ``stdp_accuracy`` (host/learn_demo.py ``run_learn_demo`` on the model, default settings).
+and ``stdp_accuracy`` (demos/learning.py ``run_learn_demo`` on the model, default settings).
 """
 
 import argparse
@@ -288,7 +288,7 @@ def main(argv=None):
                         help="seconds allowed for building and running the sim device (default 300)")
     args = parser.parse_args(argv)
     if args.demo_sim_worker:
-        from neurofabric.host.demo import run_demo
+        from neurofabric.demos.digits import run_demo
         run_demo(device="sim", out_dir=args.demo_sim_worker, progress=False, log=lambda m: None)
         return 0
     if args.sim_worker:
@@ -374,8 +374,8 @@ def main(argv=None):
                      and (a == "chip_ecp5_85f_projected" or b == "model")}
 
     if not args.no_demos:
-        from neurofabric.host.demo import run_demo
-        from neurofabric.host.learn_demo import run_learn_demo
+        from neurofabric.demos.digits import run_demo
+        from neurofabric.demos.learning import run_learn_demo
         with tempfile.TemporaryDirectory() as tmp:
             log("digits demo on the model ...")
             try:

@@ -301,7 +301,7 @@ def run_learn_demo(device="model", out_dir="build/learn_demo", config=None, quic
                    log=None, device_options=None):
     """Train, label and test on `device`; returns the summary dict (also ``summary.json``).
     `config`: a :class:`LearnConfig` (default: ``LearnConfig()``, or :data:`QUICK` if `quick`)."""
-    from neurofabric.host.demo import load_data
+    from neurofabric.demos.digits import load_data
 
     cfg = config if config is not None else (QUICK if quick else LearnConfig())
     log = log or (lambda msg: print(msg, file=sys.stderr))

@@ -3,9 +3,9 @@
 - ``neurofabric info [--device D]``: identify the chip (version, shape, build).
 - ``neurofabric run [--device D] [--network FILE.npz|builtin] [--steps N]``: load a small
   network and run it; prints spike counts and the chip's counters.
-- ``neurofabric demo [--device D] [--steps T] [--out DIR]``: the digits demo (host/demo.py).
+- ``neurofabric demo [--device D] [--steps T] [--out DIR]``: the digits demo (demos/digits.py).
 - ``neurofabric demo --learn [--quick] [--device D] [--out DIR]``: unsupervised STDP learning of
-  the digits on the chip (host/learn_demo.py; the Verilator sim device by default, ``--device model``
+  the digits on the chip (demos/learning.py; the Verilator sim device by default, ``--device model``
   learns the same weights about 6x faster).
 - ``neurofabric sim-server ...``: start the Verilator sim device (neurofabric.sim.device).
 - ``neurofabric build --board NAME [...]``, ``neurofabric program --board NAME``,
@@ -97,7 +97,7 @@ def _run(args):
 
 def _demo(args):
     if args.learn:
-        from neurofabric.host.learn_demo import format_learn_summary, run_learn_demo
+        from neurofabric.demos.learning import format_learn_summary, run_learn_demo
         out = args.out or "build/learn_demo"
         summary = run_learn_demo(device=args.device or "sim", out_dir=out, quick=args.quick,
                                  progress=False if args.quiet else True)
@@ -108,7 +108,7 @@ def _demo(args):
         from neurofabric.host.network import ValidationError
         raise ValidationError("--quick applies to demo --learn only", "quick", True)
     args.device, args.out = args.device or "sim", args.out or "build/demo"
-    from neurofabric.host.demo import format_summary, run_demo
+    from neurofabric.demos.digits import format_summary, run_demo
     summary = run_demo(device=args.device, steps=args.steps, hidden=args.hidden, out_dir=args.out,
                        limit=args.limit, compare=not args.no_compare, progress=False if args.quiet else True)
     print(format_summary(summary))
@@ -162,7 +162,7 @@ def build_parser():
     p.add_argument("--limit", type=int, default=None, help="classify only the first N test samples")
     p.add_argument("--no-compare", action="store_true", help="skip the spike comparison with the model")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--learn", action="store_true", help="unsupervised STDP learning demo (host/learn_demo.py)")
+    p.add_argument("--learn", action="store_true", help="unsupervised STDP learning demo (demos/learning.py)")
     p.add_argument("--quick", action="store_true", help="with --learn: a small, fast configuration")
     p.set_defaults(func=_demo)
 

@@ -4,6 +4,7 @@
 import numpy as np
 import pytest
 
+from neurofabric.demos.digits import classify, load_data, train_mlp
 from neurofabric.host import Chip
 from neurofabric.host.convert import (
     choose_percentile,
@@ -13,7 +14,6 @@ from neurofabric.host.convert import (
     relu_forward,
     simulate_if,
 )
-from neurofabric.host.demo import classify, load_data, train_mlp
 from neurofabric.host.encoding import bernoulli_encode, raster_to_pairs, rate_encode
 from neurofabric.host.network import RangeError, ShapeError
 

@@ -1,12 +1,12 @@
-"""The digits demo end to end on the model (host/demo.py)."""
+"""The digits demo end to end on the model (demos/digits.py)."""
 
 import json
 
 import numpy as np
 
+from neurofabric.demos.digits import classify, format_summary, load_data, run_demo, train_mlp
 from neurofabric.host import Chip
 from neurofabric.host.convert import convert_mlp
-from neurofabric.host.demo import classify, format_summary, load_data, run_demo, train_mlp
 from neurofabric.host.model import ChipShape
 from neurofabric.host.model_backend import ModelBackend
 

@@ -227,8 +227,8 @@ def test_encoder_layout_numbers_channels_by_population_then_core():
 
 
 def test_demo_classify_with_encoder_matches_streaming():
+    from neurofabric.demos.digits import classify, load_data, train_mlp
     from neurofabric.host.convert import convert_mlp
-    from neurofabric.host.demo import classify, load_data, train_mlp
     x_train, x_test, y_train, _ = load_data(0)
     weights, biases, _ = train_mlp(x_train[:300], y_train[:300], hidden=32, seed=0)
     conv = convert_mlp(weights, biases, x_train[:300])

@@ -1,4 +1,4 @@
-"""The STDP learning demo (host/learn_demo.py): labelling and readout, configuration checks, and
+"""The STDP learning demo (demos/learning.py): labelling and readout, configuration checks, and
 one small end-to-end run on the model (train on the chip, label, test)."""
 
 import json
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from neurofabric.cli import main
-from neurofabric.host.learn_demo import (
+from neurofabric.demos.learning import (
     QUICK,
     LearnConfig,
     _normalised,
