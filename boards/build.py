@@ -11,7 +11,7 @@ Command line (``neurofabric <command>`` wires these in; ``main(argv)`` takes the
 ``build`` validates every option first (a bad one is reported with its allowed range and
 nothing is built), elaborates :class:`~neurofabric.boards.top.BoardTop`, and runs Yosys,
 nextpnr and icepack/ecppack from the YoWASP wheels (environment from
-``neurofabric.sim.toolchain.yowasp_env``), printing each stage. Builds are cached by content
+``neurofabric.toolchain.yowasp_env``), printing each stage. Builds are cached by content
 (every generated file, the tool versions and the options) under ``$NEUROFABRIC_CACHE/bitstream``;
 the bitstream, ``summary.json`` (configuration, fmax, utilisation), ``timing.txt``,
 ``utilisation.txt`` and the tool logs are copied to the build folder (``--out``, default
@@ -34,7 +34,7 @@ from pathlib import Path
 
 from neurofabric.boards.catalog import BOARDS, BoardConfigError, BuildConfig, check_config, get_board
 from neurofabric.boards.synth import COLLISION_FREE_SCRIPT, cell_counts
-from neurofabric.sim.toolchain import ToolchainError, cache_key, cached_build, tool_versions, yowasp_env
+from neurofabric.toolchain import ToolchainError, cache_key, cached_build, tool_versions, yowasp_env
 
 __all__ = ["BOARDS", "BuildResult", "BuildError", "TimingError", "build_bitstream", "program_board",
            "main", "default_out_dir", "design_hash"]

@@ -36,7 +36,7 @@ from amaranth.hdl import Cat, ClockDomain, Elaboratable, Module, Signal, Value
 from amaranth.lib import wiring
 from amaranth.lib.wiring import Flow
 
-from neurofabric.sim.toolchain import cache_key, cached_build, tool_versions, yowasp_env
+from neurofabric.toolchain import cache_key, cached_build, tool_versions, yowasp_env
 
 __all__ = ["SynthResult", "SynthError", "SynthHarness", "synthesize", "ECP5_DEVICES", "ICE40_DEVICES",
            "COLLISION_FREE_MEMORIES", "COLLISION_FREE_SCRIPT"]

@@ -20,8 +20,8 @@ import tempfile
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
-from neurofabric.sim.toolchain import scripts_dir, verilator_env, verilator_root
 from neurofabric.sim.verilator import MAKE_JOBS, PCH_MAKE_ARG, VERILATOR_FLAGS, to_verilog, verilog_cache_key
+from neurofabric.toolchain import scripts_dir, verilator_env, verilator_root
 
 __all__ = ["run_cocotb", "cocotb_build", "parse_results"]
 
@@ -73,7 +73,7 @@ def _log_tail(path, lines=60):
 
 def cocotb_build(verilog, toplevel="top", *, waves=False):
     """Build (or fetch from the cache) the cocotb Verilator simulator for `verilog`; its folder."""
-    from neurofabric.sim.toolchain import cached_build
+    from neurofabric.toolchain import cached_build
 
     flags = [*VERILATOR_FLAGS]
     key = verilog_cache_key("cocotb", verilog, toplevel, [*flags, PCH_MAKE_ARG], [list(TIMESCALE), bool(waves)])

@@ -34,7 +34,7 @@ from amaranth.asserts import AnyConst, AnySeq
 from amaranth.back import rtlil
 from amaranth.hdl import ClockDomain, Module
 
-from neurofabric.sim.toolchain import formal_env
+from neurofabric.toolchain import formal_env
 
 __all__ = ["FormalError", "FormalResult", "free", "free_const", "check", "sby_script"]
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from amaranth.back import verilog as verilog_backend
 
-from neurofabric.sim.toolchain import cache_key, cached_build, tool_versions, verilator_env, verilator_root
+from neurofabric.toolchain import cache_key, cached_build, tool_versions, verilator_env, verilator_root
 
 __all__ = [
     "VERILATOR_FLAGS", "PCH_MAKE_ARG", "MAKE_JOBS", "VerilatorBuildError", "to_verilog", "build_executable",

@@ -401,7 +401,7 @@ def test_ice40_weights_map_to_spram(tmp_path):
     other memories stay in block RAM. (ECP5 builds get no such commands.)"""
     import subprocess
 
-    from neurofabric.sim.toolchain import yowasp_env
+    from neurofabric.toolchain import yowasp_env
 
     _, plan = _prepare("icebreaker", neurons=16, axons=16, lanes=1)
     assert "delete t:$meminit_v2 r:MEMID=\\weight_mem %i" in plan.files["top.ys"]

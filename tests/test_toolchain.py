@@ -1,4 +1,4 @@
-"""Tests of neurofabric.sim.toolchain (tool discovery, environments, build cache) and of the
+"""Tests of neurofabric.toolchain (tool discovery, environments, build cache) and of the
 cached Verilator builds in neurofabric.sim.verilator."""
 
 import importlib.metadata
@@ -13,8 +13,8 @@ from amaranth.hdl import Module
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from neurofabric.sim import toolchain
-from neurofabric.sim.toolchain import (
+from neurofabric import toolchain
+from neurofabric.toolchain import (
     ToolchainError,
     cached_build,
     formal_env,
