@@ -46,10 +46,10 @@ from neurofabric.host.link import LinkBackend, build_frame, inject_request, pars
 from neurofabric.host.model import ChipShape
 from neurofabric.host.network import LIF, Network
 from neurofabric.host.transport import SerialTransport
-from neurofabric.sim.device import DEFAULT_SHAPE, SimDevice, build_device
+from neurofabric.sim.device import SimDevice, build_device
 
 LOOPBACK_SHAPE = ChipShape(cores=2, neurons=64, axons=256, lanes=8, route_entries=64)
-CHIP_SHAPE = DEFAULT_SHAPE       # the sim device's default: 2 x 64 x 64 x 8, 64 encoder channels
+CHIP_SHAPE = ChipShape(cores=2, neurons=64, axons=64, lanes=8, route_entries=256, encoder_channels=64)  # the reference figures
 
 
 def reference_network(seed):

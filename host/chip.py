@@ -27,9 +27,10 @@ Or the chip makes its own input spikes (chips whose IDENTIFY reports encoder cha
 
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
+from tqdm import tqdm
 
 from neurofabric.hdl.protocol import (
     LFSR_BITS,
@@ -39,11 +40,20 @@ from neurofabric.hdl.protocol import (
     EncoderMode,
     MemorySpace,
     StateField,
+    StdpField,
 )
-from neurofabric.host.backend import Backend, BackendError
-from neurofabric.host.compiler import STATE_WORDS, compile_network, encoder_layout
+from neurofabric.host.backend import (
+    Backend,
+    DeviceUnavailable,
+    backend_names,
+    check_options,
+    open_named_backend,
+)
+from neurofabric.host.compiler import STATE_WORDS, MemoryWrite, compile_network, encoder_layout
 from neurofabric.host.encoding import bernoulli_encoder_words, phase_encoder_words
+from neurofabric.host.model import WEIGHT_MAX, WEIGHT_MIN
 from neurofabric.host.network import (
+    CapacityError,
     Connection,
     EventError,
     Network,
@@ -63,53 +73,28 @@ UNREPORTED_INPUT_QUEUE = 64
 MAX_CHUNK_STEPS = 1 << 14
 
 
-class DeviceUnavailable(BackendError):
-    """The requested device cannot be opened here (a missing component or an unknown URL)."""
-
-
-class Progress:
-    """A one-line progress bar on stderr (no dependencies). ``enabled=None`` shows it only when
-    stderr is a terminal."""
+class Progress(tqdm):
+    """A tqdm progress bar on stderr: ``Progress(total, label, enabled)``. ``enabled=None`` shows
+    it only when stderr is a terminal."""
 
     def __init__(self, total, label="", enabled=None, stream=None):
-        self.stream = sys.stderr if stream is None else stream
-        self.enabled = (self.stream.isatty() if hasattr(self.stream, "isatty") else False) \
-            if enabled is None else bool(enabled)
-        self.total, self.label, self.done = max(1, int(total)), label, 0
-        self.start = self._last = time.perf_counter()
+        super().__init__(total=max(1, int(total)), desc=label, file=sys.stderr if stream is None else stream,
+                         disable=None if enabled is None else not enabled, leave=True, dynamic_ncols=True)
 
-    def update(self, n=1, note=""):
-        self.done += n
-        now = time.perf_counter()
-        if self.enabled and (now - self._last > 0.1 or self.done >= self.total):
-            self._last = now
-            frac = min(1.0, self.done / self.total)
-            bar = "#" * int(30 * frac) + "." * (30 - int(30 * frac))
-            elapsed = now - self.start
-            eta = elapsed / frac - elapsed if frac > 0 else 0.0
-            self.stream.write(f"\r{self.label} [{bar}] {self.done}/{self.total} {elapsed:5.1f}s "
-                              f"eta {eta:4.1f}s {note}   ")
-            self.stream.flush()
-
-    def close(self):
-        if self.enabled:
-            self.stream.write("\n")
-            self.stream.flush()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+    @property
+    def enabled(self):
+        return not self.disable
 
 
 _TIME_FIELDS = ("t", "ts", "timestamp")
 _INDEX_FIELDS = ("x", "i", "index", "idx", "neuron")
 
 
-def parse_events(events, size, steps, dt=1.0, name="events"):
+def parse_events(events, size, steps, dt=1.0, name="events", max_per_step=None):
     """Normalise one population's input events to an int64 (E, 2) array of (step, index),
-    sorted by step. Raises :class:`EventError` / :class:`ShapeError` naming what is wrong."""
+    sorted by step. Raises :class:`EventError` / :class:`ShapeError` naming what is wrong.
+    `max_per_step`: refuse a count raster with more events in one step (the chip's input queue)
+    before expanding it."""
     if isinstance(events, tuple) and len(events) == 2:
         t, idx = (np.asarray(a) for a in events)
         if t.shape != idx.shape or t.ndim != 1:
@@ -131,14 +116,14 @@ def parse_events(events, size, steps, dt=1.0, name="events"):
                 raise EventError(f"{name}: field {tf!r} contains NaN or infinity", name, None)
             pairs = np.floor(t / dt).astype(np.int64), _int_column(f"{name} field {xf!r}", array[xf])
         elif array.ndim == 2 and array.dtype.kind == "b":
-            pairs = _raster_pairs(array, size, steps, name)
+            pairs = _raster_pairs(array, size, steps, name, max_per_step)
         elif array.ndim == 2 and array.shape[1] == 2 and size == 2 and array.size:
             raise EventError(f"{name}: an integer array of shape {array.shape} is ambiguous for a population "
                              "of size 2; pass a bool raster or a (steps, indices) tuple", name, array.shape)
         elif array.ndim == 2 and array.shape[1] == 2:
             pairs = _int_column(f"{name} steps", array[:, 0]), _int_column(f"{name} indices", array[:, 1])
         elif array.ndim == 2 and array.shape[1] == size:
-            pairs = _raster_pairs(array, size, steps, name)
+            pairs = _raster_pairs(array, size, steps, name, max_per_step)
         elif array.size == 0:
             pairs = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         else:
@@ -168,7 +153,7 @@ def _int_column(name, values):
     return values.astype(np.int64).ravel()
 
 
-def _raster_pairs(raster, size, steps, name):
+def _raster_pairs(raster, size, steps, name, max_per_step=None):
     if raster.shape[1] != size or raster.shape[0] > steps:
         raise ShapeError(f"{name}: raster has shape {raster.shape}, expected (<= {steps}, {size})",
                          name, raster.shape, (steps, size))
@@ -176,6 +161,13 @@ def _raster_pairs(raster, size, steps, name):
     if counts.size and counts.min() < 0:
         raise EventError(f"{name}: raster contains {int(counts.min())}; event counts must be >= 0", name,
                          int(counts.min()))
+    if max_per_step is not None and counts.size:
+        # a cell larger than the queue would also overflow the row sum: check cells first
+        per_step = counts.max(axis=1) if counts.max() > max_per_step else counts.sum(axis=1)
+        if per_step.max() > max_per_step:
+            step = int(np.argmax(per_step))
+            raise EventError(f"{name}: step {step} has {int(per_step[step])} or more input events; the chip's "
+                             f"input queue holds {max_per_step}", name, int(per_step[step]), (0, max_per_step))
     t, idx = np.nonzero(counts)
     reps = counts[t, idx]
     return np.repeat(t, reps), np.repeat(idx, reps)
@@ -242,7 +234,10 @@ class Chip:
         return cls(open_backend(device, **options))
 
     def close(self):
-        self.backend.close()
+        """Close the device (stop the sim device, close the port). Closing again does nothing."""
+        if not getattr(self, "_closed", False):
+            self._closed = True
+            self.backend.close()
 
     def __enter__(self):
         return self
@@ -252,21 +247,44 @@ class Chip:
 
     # --- loading ------------------------------------------------------------------------------
     def compile(self, network, record=None):
-        """Compile `network` for this chip without sending anything (see :mod:`compiler`)."""
-        return compile_network(network, self.info, record=record)
+        """Compile `network` for this chip without sending anything (see :mod:`compiler`).
+        Refuses (CapacityError) a network that needs what the chip lacks: learning on a chip
+        whose IDENTIFY reports none, or more cores, neurons, axons or route entries than it has
+        (the message names a shape that fits and how to ask for it)."""
+        if not isinstance(network, Network):
+            raise ValidationError(f"network must be a Network, not {network!r}", "network", network, ("Network",))
+        plastic = [c for c in network.connections if c.plastic is not None]
+        if plastic and not self.info.learning:
+            raise CapacityError(f"the network has {len(plastic)} plastic connection(s) (plastic=STDP(...)), but "
+                                f"this chip ({self.info.build or 'version ' + str(self.info.version)}) has no "
+                                "learning cores (IDENTIFY reports learning = False): it would load and never "
+                                "learn. Use a learning build (\"model\", \"sim\", or a board built with "
+                                "learning) or connect without plastic=", "learning", False, (True,))
+        try:
+            return compile_network(network, self.info, record=record)
+        except CapacityError as e:
+            hint = _shape_hint(network, self.info, record)
+            if hint is None:
+                raise
+            raise CapacityError(f"{e}; {hint}", e.field, e.value, e.allowed) from e
 
     def load(self, network, record=None, progress=None):
         """Compile and write `network` to the chip, replacing what was loaded, and zero the
         neuron state; spikes in flight from a previous network are dropped (this takes one time
         step). `record`: populations routed to the host (default: all). Returns the
         :class:`CompiledNetwork` (placement and quantisation report)."""
-        if not isinstance(network, Network):
-            raise ValidationError(f"network must be a Network, not {network!r}", "network", network)
         compiled = self.compile(network, record=record)
         self.compiled = None        # a write that fails half-way leaves no network loaded, not a stale one
-        with Progress(sum(len(w.words) for w in compiled.writes), "load", progress) as bar:
-            for w in compiled.writes:
-                self.backend.write(w.space, w.core, w.addr, w.words)
+        writes = _load_order(compiled.writes)
+        with Progress(sum(len(w.words) for w in writes), "load", progress) as bar:
+            for i, w in enumerate(writes):
+                try:
+                    self.backend.write(w.space, w.core, w.addr, w.words)
+                except Exception as e:
+                    e.add_note(f"Chip.load failed at write {i + 1} of {len(writes)} ({w.space.name}, core "
+                               f"{w.core}, address {w.addr}): no network is loaded now; Chip.load(network) "
+                               "again starts from scratch")
+                    raise
                 bar.update(len(w.words))
         self.compiled = compiled
         self._encoding = self._encoder_left = None
@@ -300,7 +318,8 @@ class Chip:
         blocks = []
         for pop, events in inputs.items():
             pop = _input_population(compiled, pop)
-            pairs = parse_events(events, pop.size, steps, dt, name=f"inputs[{pop.name!r}]")
+            pairs = parse_events(events, pop.size, steps, dt, name=f"inputs[{pop.name!r}]",
+                                 max_per_step=self.info.input_queue or UNREPORTED_INPUT_QUEUE)
             for core, base in compiled.input_axons[pop]:
                 rows = np.empty((len(pairs), 3), dtype=np.int64)
                 rows[:, 0], rows[:, 1], rows[:, 2] = pairs[:, 0], core, base + pairs[:, 1]
@@ -314,12 +333,22 @@ class Chip:
         compiled = self._need()
         if record is None:
             return [p for p in compiled.network.populations if p in compiled.recorded]
-        record = list(record)
+        names = {p.name: p for p in compiled.recorded}
+        allowed = tuple(p.name for p in compiled.network.populations if p in compiled.recorded)
+        if isinstance(record, (Population, str)):
+            record = [record]
+        elif not isinstance(record, (list, tuple)):
+            raise ValidationError(f"record must be a population, its name, or a list of them, not {record!r}",
+                                  "record", record, allowed)
+        out = []
         for p in record:
-            if p not in compiled.recorded:
-                raise ValidationError(f"{p!r} is not routed to the host; pass record=[...] to Chip.load "
-                                      "to include it", "record", p)
-        return record
+            key = names.get(p, p) if isinstance(p, str) else p
+            if not isinstance(key, Population) or key not in compiled.recorded:
+                raise ValidationError(f"record: {p!r} is not routed to the host: allowed "
+                                      f"{', '.join(map(repr, allowed))} (pass record=[...] to Chip.load to route "
+                                      "others)", "record", p, allowed)
+            out.append(key)
+        return out
 
     def run(self, inputs=None, steps=1, record=None, dt=1.0, progress=None, chunk=None):
         """Run `steps` time steps with `inputs` ({input population: events}, formats in the
@@ -368,6 +397,7 @@ class Chip:
                 if len(piece):
                     self.backend.inject(piece)
                 raw = np.asarray(self.backend.run(end - done), dtype=np.int64).reshape(-1, 3)
+                raw = raw[np.lexsort((raw[:, 2], raw[:, 1], raw[:, 0]))]    # one order: (step, core, neuron)
                 self._encoder_ran(end - done)
                 wall = time.perf_counter() - t0
                 spikes = self._decode(raw, start + done, recorded)
@@ -585,7 +615,10 @@ class Chip:
             raise ValidationError(f"{connection!r} is not a connection of the loaded network",
                                   "connection", connection)
         if connection.plastic is None:
-            raise ValidationError(f"{connection!r} was not created with plastic=STDP(...)", "connection", connection)
+            raise ValidationError(f"{connection!r} was not created with plastic=STDP(...)", "connection", connection,
+                                  tuple(c for c in compiled.network.connections if c.plastic is not None))
+        if not isinstance(enabled, (bool, np.bool_)):
+            raise ValidationError(f"enabled must be True or False, not {enabled!r}", "enabled", enabled, (True, False))
         for s in compiled.slices_of(connection.post):
             base = compiled.axon_blocks[(s.core, connection.pre)]
             self.backend.write(MemorySpace.PLASTIC, s.core, base, [int(bool(enabled))] * connection.pre.size)
@@ -633,6 +666,44 @@ def _input_population(compiled, key):
     return key
 
 
+def _load_order(writes):
+    """The compiled writes in an order every chip state accepts: each STDP block is preceded by
+    the widest weight bounds (w_min = -128, then w_max = 127), so a new w_min above the w_max the
+    previous network left (or a new w_max below its w_min) is never checked against it."""
+    out = []
+    for w in writes:
+        if w.space is MemorySpace.STDP and w.addr <= StdpField.W_MAX.value:
+            out.append(MemoryWrite(MemorySpace.STDP, w.core, StdpField.W_MIN.value, np.array([WEIGHT_MIN])))
+            out.append(MemoryWrite(MemorySpace.STDP, w.core, StdpField.W_MAX.value, np.array([WEIGHT_MAX])))
+        out.append(w)
+    return out
+
+
+#: shapes tried, in order, when a network does not fit: grow neurons and axons, then cores
+_HINT_SIZES = (64, 128, 256, 512, 1024)
+
+
+def _shape_hint(network, info, record):
+    """A sentence naming the smallest shape (of a few tried) the network compiles onto, and how
+    to ask for it; None if none of them fits."""
+    for cores in range(info.cores, 17):
+        for size in _HINT_SIZES:
+            if size < max(info.neurons, info.axons) and cores == info.cores:
+                continue
+            neurons, axons = max(size, info.neurons), max(size, info.axons)
+            trial = replace(info, cores=cores, neurons=neurons, axons=axons,
+                            route_entries=max(info.route_entries, 4 * cores * neurons))
+            try:
+                compile_network(network, trial, record=record)
+            except ValidationError:
+                continue
+            shape = (f"ChipShape(cores={cores}, neurons={neurons}, axons={axons}, lanes={info.lanes}, "
+                     f"route_entries={trial.route_entries}, encoder_channels={info.encoder_channels})")
+            return (f"it fits {shape}: ask for it with Chip.open(\"model\", shape=...) or Chip.open(\"sim\", "
+                    "shape=...), or build a board with that shape (docs/host.md, \"Chip shapes\")")
+    return None
+
+
 def _merge(results, steps):
     if len(results) == 1:
         return results[0]
@@ -650,70 +721,44 @@ def _merge(results, steps):
                      sum(r.wall_time for r in results), raw)
 
 
+#: how long opening a serial port waits for the chip's first reply: 3 tries of 1 s
+OPEN_TIMEOUT, OPEN_RETRIES = 1.0, 2
+
+
 def open_backend(device="model", **options):
-    """The :class:`Backend` for a device name or URL (see :meth:`Chip.open`)."""
+    """The :class:`Backend` for a device name or URL (see :meth:`Chip.open`). Named devices
+    ("model", "sim", ...) come from the backend registry (:mod:`neurofabric.host.backend`)."""
     if not isinstance(device, str):
-        raise ValidationError(f"device must be a string ('model', 'sim' or a URL), not {device!r}", "device", device)
-    if device == "model":
-        from neurofabric.host.model_backend import ModelBackend
-        return ModelBackend(**options)
-    if device == "sim":
-        try:
-            from neurofabric.host.link import LinkBackend
-            from neurofabric.host.transport import SerialTransport
-            from neurofabric.sim.device import SimDevice
-        except ImportError as e:
-            raise DeviceUnavailable(f"the 'sim' device needs neurofabric.sim.device.SimDevice and "
-                                    f"neurofabric.host.link.LinkBackend, which are not available ({e}); "
-                                    "use device 'model'") from e
-        options.setdefault("chip", "chip")
-        link_options = {k: options.pop(k) for k in ("timeout", "retries") if k in options}
-        try:
-            sim_device = SimDevice(**options)
-        except Exception as e:  # a missing build tool, C++ harness or gateware: all mean 'not here'
-            raise DeviceUnavailable(f"the Verilator sim device could not be started: {e}; "
-                                    "use device 'model'") from e
-        try:
-            link = LinkBackend(SerialTransport(sim_device.url), **link_options)
-        except BaseException:
-            sim_device.close()
-            raise
-        return _SimBackend(link, sim_device)
-    if device.startswith(("serial://", "socket://")):
-        try:
-            from neurofabric.host.link import LinkBackend
-            from neurofabric.host.transport import SerialTransport
-        except ImportError as e:
-            raise DeviceUnavailable(f"{device!r} needs neurofabric.host.link.LinkBackend, which is not "
-                                    f"available ({e})") from e
-        transport_options = {k: options.pop(k) for k in ("baudrate", "write_timeout") if k in options}
-        return LinkBackend(SerialTransport(device, **transport_options), **options)
-    raise DeviceUnavailable(f"unknown device {device!r}: use 'model', 'sim', 'serial://PORT' or 'socket://HOST:PORT'")
-
-
-class _SimBackend(Backend):
-    """A LinkBackend to a SimDevice process; closing it stops the process."""
-
-    def __init__(self, link, device):
-        self.link, self.device = link, device
-
-    def identify(self):
-        return self.link.identify()
-
-    def write(self, space, core, addr, words):
-        self.link.write(space, core, addr, words)
-
-    def read(self, space, core, addr, count):
-        return self.link.read(space, core, addr, count)
-
-    def inject(self, events):
-        self.link.inject(events)
-
-    def run(self, steps):
-        return self.link.run(steps)
-
-    def close(self):
-        try:
-            self.link.close()
-        finally:
-            self.device.close()
+        raise ValidationError(f"device must be a string ('model', 'sim' or a URL), not {device!r}", "device",
+                              device, (*backend_names(), "serial://PORT", "socket://HOST:PORT"))
+    if not device.startswith(("serial://", "socket://")):
+        return open_named_backend(device, **options)
+    from neurofabric.host.link import LinkBackend, LinkError
+    from neurofabric.host.transport import SerialTransport, TransportError
+    check_options(device, options, {"baudrate", "write_timeout", "timeout", "retries", "build", "poll_interval"})
+    transport_options = {k: options.pop(k) for k in ("baudrate", "write_timeout") if k in options}
+    try:
+        transport = SerialTransport(device, **transport_options)
+    except TransportError as e:
+        raise DeviceUnavailable(f"{device!r} cannot be opened: {e.__cause__ or e}; is the board plugged in "
+                                "and the path right (ls /dev/ttyUSB* /dev/ttyACM*)?") from e
+    retries = options.pop("retries", None)
+    timeout = options.pop("timeout", None)
+    try:
+        backend = LinkBackend(transport, timeout=OPEN_TIMEOUT if timeout is None else timeout,
+                              retries=OPEN_RETRIES if retries is None else retries, **options)
+    except LinkError as e:
+        transport.close()
+        rate = transport_options.get("baudrate", 3_000_000)
+        raise DeviceUnavailable(f"{device!r} opened, but no chip answers on it ({e}); is the bitstream loaded "
+                                f"(neurofabric program --board NAME), and does the board's UART run at "
+                                f"baudrate={rate}?") from e
+    except BaseException:
+        transport.close()
+        raise
+    # the first contact uses few retries so that a silent port fails fast; the link keeps its own
+    if retries is None:
+        backend.retries = LinkBackend.__init__.__kwdefaults__["retries"]
+    if timeout is None:
+        backend.timeout = LinkBackend.__init__.__kwdefaults__["timeout"]
+    return backend

@@ -8,15 +8,21 @@ unchanged on the Verilator sim device and on boards, and gives the same spikes.
 import numpy as np
 
 from neurofabric.hdl.protocol import MemorySpace
-from neurofabric.host.backend import Backend, BackendError, ChipInfo
+from neurofabric.host.backend import DEFAULT_SHAPE, Backend, BackendError, ChipInfo, check_options
 from neurofabric.host.model import ChipModel, ChipShape
+from neurofabric.host.network import ValidationError
 
-__all__ = ["ModelBackend", "MODEL_VERSION", "DEFAULT_MODEL_SHAPE"]
+__all__ = ["ModelBackend", "MODEL_VERSION", "DEFAULT_MODEL_SHAPE", "open_model_backend"]
 
 MODEL_VERSION = 1
-#: The shape ``Chip.open("model")`` builds when none is given.
-DEFAULT_MODEL_SHAPE = ChipShape(cores=4, neurons=256, axons=256, lanes=8, route_entries=4096,
-                                 encoder_channels=256)
+#: The shape ``Chip.open("model")`` builds when none is given: the same as "sim"'s.
+DEFAULT_MODEL_SHAPE = DEFAULT_SHAPE
+
+
+def open_model_backend(**options):
+    """``Chip.open("model", shape=ChipShape(...))``: the registered opener of the "model" device."""
+    check_options("model", options, {"shape"})
+    return ModelBackend(**options)
 
 
 class ModelBackend(Backend):
@@ -25,11 +31,14 @@ class ModelBackend(Backend):
 
     def __init__(self, shape=None, model=None):
         if model is not None and shape is not None:
-            raise ValueError("give shape or model, not both")
+            raise ValidationError("give shape or model, not both", "model", model, ("None when shape is given",))
+        if shape is not None and not isinstance(shape, ChipShape):
+            raise ValidationError(f"shape must be a neurofabric.host.ChipShape, not {shape!r}", "shape", shape,
+                                  ("ChipShape(cores=..., neurons=..., axons=..., lanes=..., ...)",))
         if model is None:
             model = ChipModel(DEFAULT_MODEL_SHAPE if shape is None else shape)
         if not isinstance(model, ChipModel):
-            raise ValueError(f"model must be a ChipModel, not {model!r}")
+            raise ValidationError(f"model must be a ChipModel, not {model!r}", "model", model, ("ChipModel",))
         self.model = model
         self._closed = False
 

@@ -81,11 +81,14 @@ def check_int(name, value, lo, hi):
 
 
 def check_number(name, value, lo, hi, lo_open=False):
-    """Return `value` as float if it is a finite number in [lo, hi] (or (lo, hi])."""
+    """Return `value` as float if it is a number in [lo, hi] (or (lo, hi]); infinite only if `hi`
+    is infinite."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise RangeError(f"{name} must be a number, not {value!r}", name, value, (lo, hi))
     value = float(value)
-    bad = not math.isfinite(value) or value > hi or (value <= lo if lo_open else value < lo)
+    # infinity passes only where the range includes it (hi = inf: "no decay" for time constants)
+    bad = math.isnan(value) or (math.isinf(value) and value != hi) or value > hi \
+        or (value <= lo if lo_open else value < lo)
     if bad:
         bracket = "(" if lo_open else "["
         raise RangeError(f"{name} = {value} is out of range: allowed {bracket}{lo}, {hi}]", name, value, (lo, hi))

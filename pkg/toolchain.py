@@ -248,3 +248,38 @@ def cached_build(namespace, key, build, *, lock_timeout=3600):
         (staging / COMPLETE_MARKER).write_text("ok\n")
         os.rename(staging, final)
     return final
+
+
+class elapsed_progress:
+    """A context manager that shows `label` with the elapsed time on stderr (a tqdm status line,
+    refreshed every second) while a long step without its own progress runs: a first Verilator
+    build, a synthesis or place-and-route stage. ``enabled=False`` shows nothing."""
+
+    def __init__(self, label, enabled=True):
+        self.label, self.enabled = label, enabled
+        self._bar = self._thread = None
+
+    def __enter__(self):
+        if not self.enabled:
+            return self
+        import threading
+
+        from tqdm import tqdm
+        self._stop = threading.Event()
+        self._bar = tqdm(total=None, desc=self.label, bar_format="{desc}: {elapsed}", file=sys.stderr,
+                         leave=True, dynamic_ncols=True, mininterval=1.0)
+
+        def tick():
+            while not self._stop.wait(1.0):
+                self._bar.refresh()
+
+        self._thread = threading.Thread(target=tick, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self._bar is not None:
+            self._stop.set()
+            self._thread.join()
+            self._bar.refresh()
+            self._bar.close()

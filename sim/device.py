@@ -31,13 +31,17 @@ import time
 from amaranth.hdl import ClockDomain, Elaboratable, Module
 from amaranth.sim import Simulator
 
+from neurofabric.host.backend import DEFAULT_SHAPE, Backend, DeviceUnavailable, check_options
 from neurofabric.host.model import ChipShape
+from neurofabric.host.network import ValidationError
 from neurofabric.host.transport import Transport
 
-__all__ = ["SimDevice", "PysimTransport", "build_device", "loopback_factory"]
+__all__ = ["SimDevice", "SimBackend", "PysimTransport", "build_device", "loopback_factory", "open_sim_backend",
+           "DEFAULT_SHAPE"]
 
-#: the shape `SimDevice` and ``python -m neurofabric.sim.device`` use unless told otherwise
-DEFAULT_SHAPE = ChipShape(cores=2, neurons=64, axons=64, lanes=8, route_entries=256, encoder_channels=64)
+#: ``DEFAULT_SHAPE`` (from :mod:`neurofabric.host.backend`) is the shape `SimDevice`,
+#: ``Chip.open("sim")`` and ``python -m neurofabric.sim.device`` use unless told otherwise: the
+#: same as "model"'s.
 CPP_DIR = os.path.join(os.path.dirname(__file__), "cpp")
 
 
@@ -57,10 +61,11 @@ def _chip_factory(name):
     if isinstance(name, str) and name.startswith("loopback"):
         depth = name.partition(":")[2]
         if depth and not depth.isdigit():
-            raise ValueError(f"chip = {name!r}: the loopback queue depth must be an integer")
+            raise ValidationError(f"chip = {name!r}: the loopback queue depth must be an integer", "chip", name,
+                                  ("chip", "chip:inference", "loopback", "loopback:DEPTH"))
         return lambda shape: loopback_factory(shape, int(depth or 16))
-    raise ValueError(f"chip = {name!r} is not known: allowed 'chip', 'chip:inference', 'loopback', "
-                     "'loopback:DEPTH'")
+    raise ValidationError(f"chip = {name!r} is not known: allowed 'chip', 'chip:inference', 'loopback', "
+                          "'loopback:DEPTH'", "chip", name, ("chip", "chip:inference", "loopback", "loopback:DEPTH"))
 
 
 # --- Amaranth-simulator transport --------------------------------------------------------------
@@ -190,7 +195,8 @@ def build_device(shape, *, chip="chip", rx_timeout=1_000_000):
 
     verilog = device_verilog(shape, chip=chip, rx_timeout=rx_timeout)
     sources = [os.path.join(CPP_DIR, "device.cpp")]
-    return build_executable(verilog, "linked_chip", sources, flags=DEVICE_FLAGS)
+    return build_executable(verilog, "linked_chip", sources, flags=DEVICE_FLAGS,
+                            announce="building the simulated chip, first time only (about a minute)")
 
 
 class SimDevice:
@@ -264,15 +270,80 @@ class SimDevice:
         self.close()
 
 
+#: the options ``Chip.open("sim", ...)`` takes: SimDevice's, and the link's `timeout` and `retries`
+SIM_OPTIONS = frozenset({"shape", "chip", "rx_timeout", "executable", "start_timeout", "timeout", "retries"})
+
+
+def open_sim_backend(**options):
+    """``Chip.open("sim", shape=ChipShape(...), ...)``: the opener registered for the "sim" device
+    (entry point ``neurofabric.backends``). Unknown options raise ValidationError naming them;
+    a device that cannot be built or started raises DeviceUnavailable."""
+    from neurofabric.host.link import LinkBackend
+    from neurofabric.host.transport import SerialTransport
+
+    check_options("sim", options, SIM_OPTIONS)
+    shape = options.get("shape")
+    if shape is not None and not isinstance(shape, ChipShape):
+        raise ValidationError(f"shape must be a neurofabric.host.ChipShape, not {shape!r}", "shape", shape,
+                              ("ChipShape(cores=..., neurons=..., axons=..., lanes=..., ...)",))
+    chip = options.pop("chip", "chip")
+    _chip_factory(chip)                 # a bad chip name is a ValueError naming the allowed ones
+    link_options = {k: options.pop(k) for k in ("timeout", "retries") if k in options}
+    try:
+        sim_device = SimDevice(chip=chip, **options)
+    except (OSError, RuntimeError) as e:    # a missing compiler or build tool, a device that will not start
+        raise DeviceUnavailable(f"the Verilator sim device could not be started: {e}") from e
+    try:
+        link = LinkBackend(SerialTransport(sim_device.url), **link_options)
+    except BaseException:
+        sim_device.close()
+        raise
+    return SimBackend(link, sim_device)
+
+
+class SimBackend(Backend):
+    """A LinkBackend to a SimDevice process; closing it stops the process (closing twice is
+    harmless)."""
+
+    def __init__(self, link, device):
+        self.link, self.device = link, device
+        self._closed = False
+
+    def identify(self):
+        return self.link.identify()
+
+    def write(self, space, core, addr, words):
+        self.link.write(space, core, addr, words)
+
+    def read(self, space, core, addr, count):
+        return self.link.read(space, core, addr, count)
+
+    def inject(self, events):
+        self.link.inject(events)
+
+    def run(self, steps):
+        return self.link.run(steps)
+
+    def close(self):
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.link.close()
+        finally:
+            self.device.close()
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m neurofabric.sim.device",
-                                     description="Run the Verilator sim device of a chip; print its URL.")
+                                     description="Run the Verilator sim device of a chip; print 'port N' "
+                                                 "(connect to socket://127.0.0.1:N).")
     parser.add_argument("--chip", default="chip", help="'chip' (learning), 'chip:inference', 'loopback' or 'loopback:DEPTH'")
-    parser.add_argument("--cores", type=int, default=2)
-    parser.add_argument("--neurons", type=int, default=64)
-    parser.add_argument("--axons", type=int, default=64)
-    parser.add_argument("--lanes", type=int, default=8)
-    parser.add_argument("--route-entries", type=int, default=256)
+    parser.add_argument("--cores", type=int, default=DEFAULT_SHAPE.cores)
+    parser.add_argument("--neurons", type=int, default=DEFAULT_SHAPE.neurons)
+    parser.add_argument("--axons", type=int, default=DEFAULT_SHAPE.axons)
+    parser.add_argument("--lanes", type=int, default=DEFAULT_SHAPE.lanes)
+    parser.add_argument("--route-entries", type=int, default=DEFAULT_SHAPE.route_entries)
     parser.add_argument("--encoder-channels", type=int, default=DEFAULT_SHAPE.encoder_channels,
                         help="input encoder channels (0: no encoder)")
     args = parser.parse_args(argv)

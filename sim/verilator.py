@@ -21,7 +21,14 @@ from pathlib import Path
 
 from amaranth.back import verilog as verilog_backend
 
-from neurofabric.toolchain import cache_key, cached_build, tool_versions, verilator_env, verilator_root
+from neurofabric.toolchain import (
+    cache_key,
+    cached_build,
+    elapsed_progress,
+    tool_versions,
+    verilator_env,
+    verilator_root,
+)
 
 __all__ = [
     "VERILATOR_FLAGS", "PCH_MAKE_ARG", "MAKE_JOBS", "VerilatorBuildError", "to_verilog", "build_executable",
@@ -84,13 +91,14 @@ def _sources_digest(cpp_sources):
     return digest
 
 
-def build_executable(verilog, top, cpp_sources, flags=()):
+def build_executable(verilog, top, cpp_sources, flags=(), announce=None):
     """Build `verilog` (module `top`) with the C++ harness `cpp_sources` into a cached executable.
 
     The harness provides ``main`` and includes ``"V<top>.h"``. Returns the executable's path
     (inside the cache: do not modify it). `flags` are extra Verilator flags, e.g.
     ``("--trace-fst",)`` or ``("-CFLAGS", "-DFOO=1")``. Raises :class:`VerilatorBuildError`
-    with the tail of the log if the build fails.
+    with the tail of the log if the build fails. `announce`: a label shown with the elapsed time
+    while a build that is not cached yet runs (nothing is shown for a cached one).
     """
     if not isinstance(verilog, str) or f"module {top}" not in verilog:
         raise ValueError(f"verilog: expected Verilog text defining module {top!r}")
@@ -106,7 +114,7 @@ def build_executable(verilog, top, cpp_sources, flags=()):
             *all_flags, f"{top}.v", *map(str, cpp_sources),
         ]
         log = staging / "build.log"
-        with open(log, "w") as out:
+        with open(log, "w") as out, elapsed_progress(announce, enabled=announce is not None):
             out.write(" ".join(cmd) + "\n")
             out.flush()
             result = subprocess.run(cmd, cwd=staging, env={**os.environ, **verilator_env()},

@@ -243,7 +243,7 @@ def test_progress_bar_output():
         for _ in range(10):
             bar.update(1)
     text = stream.getvalue()
-    assert "work [" in text and "10/10" in text and text.endswith("\n")
+    assert "work:" in text and "10/10" in text and text.endswith("\n")
     quiet = io.StringIO()
     with Progress(10, "work", enabled=False, stream=quiet) as bar:
         bar.update(10)
