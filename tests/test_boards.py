@@ -60,9 +60,7 @@ def _ice40_reference(f_in, f_out):
     return best[1:]
 
 
-def test_ice40_pll_random_targets_are_optimal_and_in_range():
-    seed = random.randrange(1 << 32)
-    print(f"seed={seed}")
+def test_ice40_pll_random_targets_are_optimal_and_in_range(seed):
     rng = random.Random(seed)
     for _ in range(6):
         f_in = Fraction(rng.choice([12, 16, 25, 48, 100]))
@@ -104,9 +102,7 @@ def _ecp5_reference(f_in, f_out):
     return best[2:]
 
 
-def test_ecp5_pll_random_targets_match_exhaustive_search():
-    seed = random.randrange(1 << 32)
-    print(f"seed={seed}")
+def test_ecp5_pll_random_targets_match_exhaustive_search(seed):
     rng = random.Random(seed)
     for _ in range(2):
         f_in = Fraction(rng.choice([12, 25, 48]))
@@ -197,11 +193,9 @@ def test_uart_divisor_follows_the_pll_clock():
     assert config.divisor == 25
 
 
-def test_pulse_stretcher_and_ticker():
+def test_pulse_stretcher_and_ticker(seed):
     """Against a Python model of the docstrings: the ticker pulses every 4 cycles; the stretcher
     holds its output until 3 ticks have passed since its input was last high."""
-    seed = random.randrange(1 << 32)
-    print(f"seed={seed}")
     rng = random.Random(seed)
     m = Module()
     m.submodules.ticker = ticker = _Ticker(2)
@@ -349,7 +343,7 @@ def test_icebreaker_build_meets_timing(tmp_path):
     assert summary["cells"]["spram"] >= 1 and summary["cells"]["dsp"] >= 3
 
 
-def test_board_chip_over_the_link_matches_the_model():
+def test_board_chip_over_the_link_matches_the_model(seed):
     """The chip as an iCE40 board builds it (the link's request held, no copy in the chip; small
     router FIFOs) behind the host link, in the Amaranth simulator: identical spikes, state and
     counters to the bit-exact model; IDENTIFY names the board."""
@@ -364,8 +358,6 @@ def test_board_chip_over_the_link_matches_the_model():
     from neurofabric.sim.device import PysimTransport
 
     shape = ChipShape(**ICEBREAKER_TEST_SHAPE)
-    seed = random.randrange(1 << 30)
-    print("seed", seed)
     rng = np.random.default_rng(seed)
     net = Network()
     inp = net.input(5)

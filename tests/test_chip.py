@@ -201,11 +201,8 @@ def test_chip_standin_cores_against_model(ready_probability):
         assert counters[Counter.OUTPUT_STALLS] > 0
 
 
-def test_chip_neuron_cores_against_model():
+def test_chip_neuron_cores_against_model(seed):
     """The real NeuronCore (lanes = 2), LIF profiles, everything loaded through `mem`."""
-    pytest.importorskip("neurofabric.hdl.core")
-    seed = random.randrange(1 << 30)
-    print(f"seed = {seed}")
     shape = ChipShape(cores=3, neurons=8, axons=8, lanes=2, route_entries=96)
     net = Network(shape, seed, steps=20, lif=True)
     dut = Chip(shape)

@@ -63,9 +63,7 @@ class Workload:
         assert self.backend.read(MemorySpace.CHIP, 0, ChipRegister.STEP.value, 1)[0] == self.step
 
 
-def test_end_to_end(executable):
-    seed = random.randrange(1 << 30)
-    print("seed", seed)
+def test_end_to_end(executable, seed):
     with SimDevice(SHAPE, executable=executable) as device:
         backend = LinkBackend(SerialTransport(device.url), timeout=2.0)
         info = backend.identify()
@@ -83,12 +81,10 @@ def test_end_to_end(executable):
 
 
 @pytest.mark.parametrize("fault", ["flip", "drop", "insert", "all"])
-def test_link_faults_are_recovered_without_double_execution(executable, fault):
+def test_link_faults_are_recovered_without_double_execution(executable, fault, seed):
     """Bytes damaged both ways; every command still completes exactly once: spikes, memory and
     the chip's step count match what a fault-free run gives (a RUN or INJECT executed twice
     would add steps or spikes; a damaged frame accepted would corrupt memory)."""
-    seed = random.randrange(1 << 30)
-    print("seed", seed)
     rate = 0.004
     rates = {"flip": rate, "drop": rate, "insert": rate} if fault == "all" else {fault: rate}
     with SimDevice(SHAPE, executable=executable) as device:
@@ -134,14 +130,12 @@ def test_no_orphan_when_parent_dies(executable):
             parent.kill()
 
 
-def test_real_chip_matches_model_through_the_link():
+def test_real_chip_matches_model_through_the_link(seed):
     """The real chip (neurofabric.hdl.chip) in the sim device, configured and run through the
     link with the same memory words as the bit-exact model: same spikes, state and counters."""
     from neurofabric.hdl.protocol import Counter, ProfileField, RouteKind, StateField
     from neurofabric.host.model_backend import ModelBackend
 
-    seed = random.randrange(1 << 30)
-    print("seed", seed)
     rng = np.random.default_rng(seed)
     shape = ChipShape(cores=2, neurons=16, axons=16, lanes=8, route_entries=64)
     model = ModelBackend(shape)

@@ -24,12 +24,13 @@ from neurofabric.hdl.chip import Chip
 from neurofabric.hdl.protocol import EventKind, MemRequest, RouteKind
 from neurofabric.hdl.router import RoundRobinArbiter, Router
 from neurofabric.host.model import ChipShape
+from neurofabric.sim import formal as formal_module
 
 pytestmark = pytest.mark.formal
 
 
 def _formal():
-    return pytest.importorskip("neurofabric.sim.formal")
+    return formal_module
 
 
 class ArbiterHarness(Elaboratable):
