@@ -25,6 +25,7 @@ Or the chip makes its own input spikes (chips whose IDENTIFY reports encoder cha
     out = chip.run(steps=20)                    # the encoder drives `inp` for the first 16 steps
 """
 
+import math
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -99,7 +100,7 @@ def parse_events(events, size, steps, dt=1.0, name="events", max_per_step=None):
         t, idx = (np.asarray(a) for a in events)
         if t.shape != idx.shape or t.ndim != 1:
             raise ShapeError(f"{name}: (steps, indices) must be two 1-D arrays of equal length, got shapes "
-                             f"{t.shape} and {idx.shape}", name, (t.shape, idx.shape))
+                             f"{t.shape} and {idx.shape}", name, (t.shape, idx.shape), ("(E,) and (E,)",))
         pairs = _int_column(f"{name} steps", t), _int_column(f"{name} indices", idx)
     else:
         array = np.asarray(events)
@@ -108,18 +109,22 @@ def parse_events(events, size, steps, dt=1.0, name="events", max_per_step=None):
             xf = next((f for f in _INDEX_FIELDS if f in array.dtype.names), None)
             if tf is None or xf is None:
                 raise ShapeError(f"{name}: a structured array needs a time field {_TIME_FIELDS} and an index "
-                                 f"field {_INDEX_FIELDS}; it has {array.dtype.names}", name, array.dtype.names)
+                                 f"field {_INDEX_FIELDS}; it has {array.dtype.names}", name, array.dtype.names,
+                                 (_TIME_FIELDS, _INDEX_FIELDS))
             if not dt > 0:
-                raise EventError(f"dt = {dt} is out of range: allowed > 0", "dt", dt)
+                raise EventError(f"dt = {dt} is out of range: allowed > 0", "dt", dt, (0, math.inf))
             t = np.asarray(array[tf], dtype=np.float64)
             if not np.all(np.isfinite(t)):
-                raise EventError(f"{name}: field {tf!r} contains NaN or infinity", name, None)
+                at = int(np.flatnonzero(~np.isfinite(t))[0])
+                raise EventError(f"{name}: field {tf!r} holds {t[at]} at position {at}; allowed: finite times",
+                                 name, float(t[at]), (-math.inf, math.inf))
             pairs = np.floor(t / dt).astype(np.int64), _int_column(f"{name} field {xf!r}", array[xf])
         elif array.ndim == 2 and array.dtype.kind == "b":
             pairs = _raster_pairs(array, size, steps, name, max_per_step)
         elif array.ndim == 2 and array.shape[1] == 2 and size == 2 and array.size:
             raise EventError(f"{name}: an integer array of shape {array.shape} is ambiguous for a population "
-                             "of size 2; pass a bool raster or a (steps, indices) tuple", name, array.shape)
+                             "of size 2; pass a bool raster or a (steps, indices) tuple", name, array.shape,
+                             ("bool raster", "(steps, indices) tuple"))
         elif array.ndim == 2 and array.shape[1] == 2:
             pairs = _int_column(f"{name} steps", array[:, 0]), _int_column(f"{name} indices", array[:, 1])
         elif array.ndim == 2 and array.shape[1] == size:
@@ -128,7 +133,8 @@ def parse_events(events, size, steps, dt=1.0, name="events", max_per_step=None):
             pairs = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         else:
             raise ShapeError(f"{name} has shape {array.shape}; expected a raster (<= {steps}, {size}), "
-                             "(E, 2) (step, index) pairs or a structured array", name, array.shape)
+                             "(E, 2) (step, index) pairs or a structured array", name, array.shape,
+                             (f"(<= {steps}, {size})", "(E, 2)", "structured array"))
     t, idx = pairs
     if t.size:
         bad = (t < 0) | (t >= steps)
@@ -146,10 +152,15 @@ def parse_events(events, size, steps, dt=1.0, name="events", max_per_step=None):
 def _int_column(name, values):
     values = np.asarray(values)
     if values.dtype.kind == "f":
-        if not np.all(np.isfinite(values)) or not np.all(values == np.round(values)):
-            raise EventError(f"{name} must be integers (found NaN, infinity or a fraction)", name, None)
+        bad = ~np.isfinite(values) | (values != np.round(values))
+        if np.any(bad):
+            at = tuple(int(i) for i in np.argwhere(bad)[0])
+            position = at[0] if len(at) == 1 else at
+            raise EventError(f"{name} must be integers; it holds {values[at]} at position {position}", name,
+                             float(values[at]), "integers")
     elif values.dtype.kind not in "iub":
-        raise ShapeError(f"{name} must be integers, got dtype {values.dtype}", name, values.dtype)
+        raise ShapeError(f"{name} must be integers, got dtype {values.dtype}", name, values.dtype,
+                         ("integer", "bool", "float holding integers"))
     return values.astype(np.int64).ravel()
 
 
@@ -160,7 +171,7 @@ def _raster_pairs(raster, size, steps, name, max_per_step=None):
     counts = _int_column(f"{name} raster", raster).reshape(raster.shape)
     if counts.size and counts.min() < 0:
         raise EventError(f"{name}: raster contains {int(counts.min())}; event counts must be >= 0", name,
-                         int(counts.min()))
+                         int(counts.min()), (0, None))
     if max_per_step is not None and counts.size:
         # a cell larger than the queue would also overflow the row sum: check cells first
         per_step = counts.max(axis=1) if counts.max() > max_per_step else counts.sum(axis=1)
@@ -186,7 +197,8 @@ class RunResult:
 
     def _pop(self, population):
         if population not in self._spikes:
-            raise ValidationError(f"{population!r} was not recorded in this run", "population", population)
+            raise ValidationError(f"{population!r} was not recorded in this run", "population", population,
+                                  tuple(self._spikes))
         return population
 
     def spikes(self, population):
@@ -217,7 +229,7 @@ class Chip:
     def __init__(self, backend):
         if not isinstance(backend, Backend):
             raise ValidationError(f"backend must be a neurofabric.host.backend.Backend, not {backend!r}",
-                                  "backend", backend)
+                                  "backend", backend, ("Backend",))
         self.backend = backend
         self.info = backend.identify()
         self.compiled = None
@@ -300,7 +312,8 @@ class Chip:
 
     def _need(self):
         if self.compiled is None:
-            raise ValidationError("no network is loaded: call Chip.load(network) first", "network", None)
+            raise ValidationError("no network is loaded: call Chip.load(network) first", "network", None,
+                                  ("a network loaded with Chip.load",))
         return self.compiled
 
     def step(self):
@@ -314,7 +327,7 @@ class Chip:
             inputs = {}
         if not isinstance(inputs, dict):
             raise ValidationError(f"inputs must be a dict {{input population: events}}, not {type(inputs).__name__}",
-                                  "inputs", inputs)
+                                  "inputs", inputs, ("dict",))
         blocks = []
         for pop, events in inputs.items():
             pop = _input_population(compiled, pop)
@@ -484,7 +497,7 @@ class Chip:
                                   "mode", mode, ("phase", "bernoulli"))
         if not isinstance(inputs, dict) or not inputs:
             raise ValidationError(f"inputs must be a non-empty dict {{input population: intensities}}, not "
-                                  f"{inputs!r}", "inputs", inputs)
+                                  f"{inputs!r}", "inputs", inputs, ("non-empty dict",))
         seed = check_int("seed", seed, 0, (1 << LFSR_BITS) - 1)
         if steps is not None:
             steps = check_int("steps", steps, 1, (1 << 16) - 1)
@@ -492,7 +505,7 @@ class Chip:
         for pop, x in inputs.items():
             pop = _input_population(compiled, pop)
             if pop in values:
-                raise ValidationError(f"inputs names {pop!r} twice", "inputs", pop)
+                raise ValidationError(f"inputs names {pop!r} twice", "inputs", pop, ("each input population once",))
             values[pop] = _intensities(x, pop)
         if mode == "phase":
             words = {p: phase_encoder_words(x, levels, phase) for p, x in values.items()}
@@ -576,7 +589,7 @@ class Chip:
         compiled = self._need()
         if not isinstance(connection, Connection) or connection not in compiled.network.connections:
             raise ValidationError(f"{connection!r} is not a connection of the loaded network",
-                                  "connection", connection)
+                                  "connection", connection, tuple(compiled.network.connections))
         N = self.info.neurons
         pre, post = connection.pre, connection.post
         out = np.zeros((pre.size, post.size), dtype=np.int64 if raw else np.float64)
@@ -592,7 +605,8 @@ class Chip:
         compiled = self._need()
         if population not in compiled.network.populations or population.is_input:
             raise ValidationError(f"{population!r} is not a neuron population of the loaded network",
-                                  "population", population)
+                                  "population", population,
+                                  tuple(p for p in compiled.network.populations if not p.is_input))
         out = {k: np.zeros(population.size, dtype=np.int64) for k in ("u", "v", "refractory", "theta")}
         for s in compiled.slices_of(population):
             words = self.backend.read(MemorySpace.STATE, s.core, s.offset * STATE_WORDS,
@@ -605,7 +619,7 @@ class Chip:
     def set_learning(self, enabled):
         """Enable or pause STDP on the whole chip (plastic connections keep their settings)."""
         if not isinstance(enabled, (bool, np.bool_)):
-            raise ValidationError(f"enabled must be True or False, not {enabled!r}", "enabled", enabled)
+            raise ValidationError(f"enabled must be True or False, not {enabled!r}", "enabled", enabled, (True, False))
         self.backend.write(MemorySpace.CHIP, 0, ChipRegister.LEARNING.value, [int(enabled)])
 
     def set_plastic(self, connection, enabled):
@@ -613,7 +627,7 @@ class Chip:
         compiled = self._need()
         if not isinstance(connection, Connection) or connection not in compiled.network.connections:
             raise ValidationError(f"{connection!r} is not a connection of the loaded network",
-                                  "connection", connection)
+                                  "connection", connection, tuple(compiled.network.connections))
         if connection.plastic is None:
             raise ValidationError(f"{connection!r} was not created with plastic=STDP(...)", "connection", connection,
                                   tuple(c for c in compiled.network.connections if c.plastic is not None))
@@ -641,17 +655,17 @@ def _intensities(x, pop):
     name = f"inputs[{pop.name!r}]"
     array = np.asarray(x)
     if array.dtype.kind not in "iubf":
-        raise ShapeError(f"{name} must hold numbers in [0, 1], got dtype {array.dtype}", name, array.dtype)
+        raise ShapeError(f"{name} must hold numbers in [0, 1], got dtype {array.dtype}", name, array.dtype,
+                         ("integer", "float"))
     if array.shape != (pop.size,):
         raise ShapeError(f"{name} has shape {array.shape}, expected ({pop.size},): one intensity per input "
                          "neuron", name, array.shape, (pop.size,))
     array = array.astype(np.float64)
-    if not np.all(np.isfinite(array)):
-        raise RangeError(f"{name} contains NaN or infinity; allowed [0, 1]", name, None, (0, 1))
-    bad = (array < 0) | (array > 1)
+    bad = ~((array >= 0) & (array <= 1))           # NaN compares false: caught here too
     if np.any(bad):
-        raise RangeError(f"{name} contains {array[bad][0]}, out of range: allowed [0, 1]", name,
-                         float(array[bad][0]), (0, 1))
+        at = int(np.flatnonzero(bad)[0])
+        raise RangeError(f"{name}[{at}] = {array[at]} is out of range: allowed [0, 1]", name,
+                         float(array[at]), (0, 1))
     return array
 
 
@@ -662,7 +676,7 @@ def _input_population(compiled, key):
         key = next((p for p in compiled.network.populations if p.name == key), key)
     if not isinstance(key, Population) or key not in compiled.input_axons:
         raise ValidationError(f"inputs key {key!r} is not an input population of the loaded network",
-                              "inputs", key)
+                              "inputs", key, tuple(compiled.input_axons))
     return key
 
 

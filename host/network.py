@@ -113,7 +113,8 @@ def _decay_field(owner, tau_name, raw_name, default_raw):
     tau, raw = getattr(owner, tau_name), getattr(owner, raw_name)
     if tau is not None and raw is not None:
         raise ValidationError(f"{type(owner).__name__}: give {tau_name} or {raw_name}, not both "
-                              f"({tau_name}={tau!r}, {raw_name}={raw!r})", raw_name, raw)
+                              f"({tau_name}={tau!r}, {raw_name}={raw!r})", raw_name, raw,
+                              (f"{raw_name} alone", f"{tau_name} alone"))
     if tau is not None:
         check_number(tau_name, tau, 0.0, math.inf, lo_open=True)
         if tau < 1:
@@ -270,9 +271,10 @@ class Network:
         if name is None:
             name = f"{prefix}{len(self.populations)}"
         if not isinstance(name, str) or not name:
-            raise ValidationError(f"name must be a non-empty string, not {name!r}", "name", name)
+            raise ValidationError(f"name must be a non-empty string, not {name!r}", "name", name, ("non-empty str",))
         if any(p.name == name for p in self.populations):
-            raise ValidationError(f"name {name!r} is already used in this network", "name", name)
+            raise ValidationError(f"name {name!r} is already used in this network", "name", name,
+                                  ("a name not in " + repr([p.name for p in self.populations]),))
         return name
 
     def input(self, size, name=None):
@@ -289,7 +291,8 @@ class Network:
         size = check_int("size", size, 1, 1 << 20)
         neuron = LIF() if neuron is None else neuron
         if not isinstance(neuron, LIF):
-            raise ValidationError(f"neuron must be a LIF (or IF(...)), not {neuron!r}", "neuron", neuron)
+            raise ValidationError(f"neuron must be a LIF (or IF(...)), not {neuron!r}", "neuron", neuron,
+                                  ("LIF", "IF"))
         bias = _check_int_array("bias", np.broadcast_to(np.asarray(bias), (size,)) if np.ndim(bias) == 0
                                 else bias, (size,), STATE_MIN, STATE_MAX)
         pop = Population(size, neuron, bias, self._name(name, "pop"), len(self.populations))
@@ -298,7 +301,8 @@ class Network:
 
     def _own(self, pop, what):
         if not isinstance(pop, Population) or pop not in self.populations:
-            raise ValidationError(f"{what} must be a population of this network, not {pop!r}", what, pop)
+            raise ValidationError(f"{what} must be a population of this network, not {pop!r}", what, pop,
+                                      tuple(self.populations))
 
     def connect(self, pre, post, weights, plastic=None):
         """Connect `pre` to `post` with a dense (pre.size, post.size) `weights` array in state
@@ -306,12 +310,15 @@ class Network:
         self._own(pre, "pre")
         self._own(post, "post")
         if post.is_input:
-            raise ValidationError(f"post {post!r} is an input: inputs cannot receive connections", "post", post)
+            raise ValidationError(f"post {post!r} is an input: inputs cannot receive connections", "post", post,
+                                  tuple(p for p in self.populations if not p.is_input))
         if plastic is not None and not isinstance(plastic, STDP):
-            raise ValidationError(f"plastic must be an STDP or None, not {plastic!r}", "plastic", plastic)
+            raise ValidationError(f"plastic must be an STDP or None, not {plastic!r}", "plastic", plastic,
+                                  ("STDP(...)", None))
         if any(c.pre is pre and c.post is post for c in self.connections):
             raise ValidationError(f"{pre.name!r} -> {post.name!r} is already connected; "
-                                  "add the weight matrices into one connection", "pre", pre)
+                                  "add the weight matrices into one connection", "pre", pre,
+                                  ("one connection per (pre, post) pair",))
         w = np.asarray(weights)
         if w.ndim == 0:
             w = np.full((pre.size, post.size), w)
@@ -319,13 +326,14 @@ class Network:
             raise ShapeError(f"weights has shape {w.shape}, expected (pre.size, post.size) = "
                              f"{(pre.size, post.size)}", "weights", w.shape, (pre.size, post.size))
         if w.dtype.kind not in "iubf":
-            raise ShapeError(f"weights must be numeric, got dtype {w.dtype}", "weights", w.dtype)
+            raise ShapeError(f"weights must be numeric, got dtype {w.dtype}", "weights", w.dtype, ("integer", "float"))
         w = w.astype(np.float64)
-        if not np.all(np.isfinite(w)):
-            raise RangeError("weights contains NaN or infinity", "weights", None)
-        if w.size and np.abs(w).max() > WEIGHT_MAX * (1 << 15):
-            raise RangeError(f"weights contains {np.abs(w).max()}, out of range: allowed magnitude "
-                             f"<= {WEIGHT_MAX << 15} (int8 << weight_exp 15)", "weights", np.abs(w).max())
+        limit = WEIGHT_MAX * (1 << 15)
+        bad = ~(np.abs(w) <= limit)                   # NaN compares false: caught here too
+        if np.any(bad):
+            at = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise RangeError(f"weights[{at[0]}, {at[1]}] = {w[at]} is out of range: allowed [{-limit}, {limit}] "
+                             "(int8 << weight_exp 15)", "weights", float(w[at]), (-limit, limit))
         conn = Connection(pre, post, w.copy(), plastic, len(self.connections))
         self.connections.append(conn)
         return conn
@@ -336,12 +344,14 @@ def _check_int_array(name, values, shape, lo, hi):
     if array.shape != tuple(shape):
         raise ShapeError(f"{name} has shape {array.shape}, expected {tuple(shape)}", name, array.shape, shape)
     if array.dtype.kind == "f":
-        if not np.all(np.isfinite(array)):
-            raise RangeError(f"{name} contains NaN or infinity; expected integers in [{lo}, {hi}]", name, None)
-        if not np.all(array == np.round(array)):
-            raise RangeError(f"{name} must hold integers in [{lo}, {hi}]", name, None, (lo, hi))
+        bad = ~np.isfinite(array) | (array != np.round(array))
+        if np.any(bad):
+            at = int(np.flatnonzero(bad.ravel())[0])
+            raise RangeError(f"{name}[{at}] = {array.ravel()[at]}: allowed integers in [{lo}, {hi}]", name,
+                             float(array.ravel()[at]), (lo, hi))
     elif array.dtype.kind not in "iub":
-        raise ShapeError(f"{name} must be an integer array, got dtype {array.dtype}", name, array.dtype)
+        raise ShapeError(f"{name} must be an integer array, got dtype {array.dtype}", name, array.dtype,
+                         ("integer", "bool", "float holding integers"))
     array = array.astype(np.int64)
     if array.size and (array.min() < lo or array.max() > hi):
         bad = int(array[(array < lo) | (array > hi)].flat[0])

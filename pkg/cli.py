@@ -49,7 +49,8 @@ def load_network_file(path):
     data = np.load(path)
     layers = sorted((k for k in data.files if k.startswith("w") and k[1:].isdigit()), key=lambda k: int(k[1:]))
     if not layers:
-        raise ValidationError(f"{path}: no weight arrays w0, w1, ... found (has {data.files})", "network", path)
+        raise ValidationError(f"{path}: no weight arrays w0, w1, ... found (has {data.files})", "network", path,
+                              ("an .npz with w0, w1, ...",))
     thresholds = data["threshold"] if "threshold" in data.files else [1024] * len(layers)
     net = Network()
     prev = inp = net.input(data[layers[0]].shape[0], name="input")
@@ -106,7 +107,7 @@ def _demo(args):
         return 0
     if args.quick:
         from neurofabric.host.network import ValidationError
-        raise ValidationError("--quick applies to demo --learn only", "quick", True)
+        raise ValidationError("--quick applies to demo --learn only", "quick", True, ("--quick with --learn",))
     args.device, args.out = args.device or "sim", args.out or "build/demo"
     from neurofabric.demos.digits import format_summary, run_demo
     summary = run_demo(device=args.device, steps=args.steps, hidden=args.hidden, out_dir=args.out,
