@@ -490,7 +490,7 @@ class Chip:
         compiled = self._need()
         channels = self.info.encoder_channels
         if not channels:
-            raise ValidationError("this chip has no input encoder (IDENTIFY reports encoder_channels = 0); "
+            raise CapacityError("this chip has no input encoder (IDENTIFY reports encoder_channels = 0); "
                                   "give input events to Chip.run instead", "encoder_channels", 0, (1, None))
         if mode not in ("phase", "bernoulli"):
             raise ValidationError(f"mode = {mode!r} is not an encoder mode: allowed 'phase', 'bernoulli'",

@@ -3,6 +3,7 @@ learning control, counters (host/chip.py, host/model_backend.py)."""
 
 import dataclasses
 import io
+import re
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from neurofabric.host import IF, LIF, STDP, Chip, Network
 from neurofabric.host.chip import DeviceUnavailable, Progress, parse_events
 from neurofabric.host.model import ChipShape
 from neurofabric.host.model_backend import ModelBackend
-from neurofabric.host.network import EventError, ShapeError, ValidationError
+from neurofabric.host.network import CapacityError, EventError, ShapeError, ValidationError
 
 SHAPE = ChipShape(cores=3, neurons=32, axons=64, lanes=8, route_entries=512)
 
@@ -321,3 +322,296 @@ def test_chip_over_the_link_matches_the_model():
         sa, sb = link.stats(), model.stats()
         sa.pop("output_stalls"), sb.pop("output_stalls")
         assert sa == sb
+
+
+# --- one interface on every backend (issue: capabilities, load order, spike order, arguments) ----
+class _Limited(ModelBackend):
+    """The model reporting a chip without some capability (as a board build may)."""
+
+    def __init__(self, shape, **changes):
+        super().__init__(shape)
+        self.changes = changes
+
+    def identify(self):
+        return dataclasses.replace(super().identify(), **self.changes)
+
+
+def _plastic_net(w_min, w_max, seed=0):
+    rng = np.random.default_rng(seed)
+    net = Network()
+    inp = net.input(8, name="in")
+    hid = net.population(6, LIF(threshold=200, tau_mem=8), name="hid")
+    conn = net.connect(inp, hid, weights=rng.integers(w_min, w_max + 1, (8, 6)),
+                       plastic=STDP(w_min=w_min, w_max=w_max))
+    return net, inp, hid, conn
+
+
+def test_default_shape_is_the_same_for_model_and_sim():
+    from neurofabric.host.backend import DEFAULT_SHAPE
+    from neurofabric.host.model_backend import DEFAULT_MODEL_SHAPE
+    from neurofabric.sim.device import DEFAULT_SHAPE as SIM_DEFAULT_SHAPE
+    assert DEFAULT_MODEL_SHAPE == SIM_DEFAULT_SHAPE == DEFAULT_SHAPE
+    with Chip.open("model") as chip:
+        info = chip.info
+    assert (info.cores, info.neurons, info.axons, info.lanes, info.route_entries, info.encoder_channels) == (
+        DEFAULT_SHAPE.cores, DEFAULT_SHAPE.neurons, DEFAULT_SHAPE.axons, DEFAULT_SHAPE.lanes,
+        DEFAULT_SHAPE.route_entries, DEFAULT_SHAPE.encoder_channels)
+
+
+def test_host_and_boards_never_import_sim():
+    """The dependency direction: named devices come from the registry; opening "model" loads no
+    module of neurofabric.sim."""
+    import ast
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    for folder in ("host", "boards", "hdl"):
+        for path in (root / folder).glob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                    [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+                assert not any(n.startswith("neurofabric.sim") for n in names), (path, node.lineno)
+    code = ("import sys; from neurofabric.host import Chip; Chip.open('model').close(); "
+            "print(sorted(m for m in sys.modules if m.startswith('neurofabric.sim')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_open_arguments_raise_validation_errors_naming_the_option():
+    with pytest.raises(ValidationError) as info:
+        Chip.open("model", shap=SHAPE)
+    assert info.value.field == "shap" and "shape" in info.value.allowed
+    with pytest.raises(ValidationError) as info:
+        Chip.open("model", shape=(2, 64, 64))
+    assert info.value.field == "shape" and info.value.allowed
+    # a typo in a "sim" option is named before anything is built, and does not point to "model"
+    with pytest.raises(ValidationError) as info:
+        Chip.open("sim", shpe=SHAPE)
+    assert info.value.field == "shpe" and "shape" in info.value.allowed and "model" not in str(info.value)
+    with pytest.raises(ValidationError) as info:
+        Chip.open("sim", chip="chip:fast")
+    assert info.value.field == "chip" and "chip:inference" in info.value.allowed
+
+
+def test_serial_errors_are_device_unavailable_with_a_hint(tmp_path):
+    import socket
+    import time
+    with pytest.raises(DeviceUnavailable, match="cannot be opened.*plugged in"):
+        Chip.open(f"serial://{tmp_path}/ttyUSB9")
+    with pytest.raises(ValidationError) as info:
+        Chip.open("serial:///dev/null", baud=9600)
+    assert info.value.field == "baud" and "baudrate" in info.value.allowed
+    with socket.socket() as server:            # a port that accepts and never answers
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        t0 = time.monotonic()
+        with pytest.raises(DeviceUnavailable, match="no chip answers.*bitstream loaded.*baudrate"):
+            Chip.open(f"socket://127.0.0.1:{server.getsockname()[1]}")
+        assert time.monotonic() - t0 < 5
+
+
+def test_plastic_network_refused_by_a_chip_without_learning():
+    net, *_ = _plastic_net(-20, 40)
+    chip = Chip(_Limited(SHAPE, learning=False))
+    with pytest.raises(CapacityError, match="no learning cores") as info:
+        chip.load(net)
+    assert (info.value.field, info.value.value, info.value.allowed) == ("learning", False, (True,))
+    assert chip.compiled is None
+    with Chip(ModelBackend(SHAPE)) as learning_chip:
+        learning_chip.load(net)
+
+
+def test_capacity_error_names_a_shape_that_fits():
+    rng = np.random.default_rng(1)
+    net = Network()
+    inp = net.input(40)
+    hid = net.population(100, LIF(threshold=400))
+    net.connect(inp, hid, weights=rng.integers(-20, 60, (40, 100)))
+    net.connect(hid, net.population(10, IF(threshold=300)), weights=rng.integers(0, 20, (100, 10)))
+    small = ChipShape(cores=2, neurons=64, axons=64, lanes=8, route_entries=256)
+    with Chip.open("model", shape=small) as chip, pytest.raises(CapacityError) as info:
+        chip.load(net)
+    message = str(info.value)
+    assert 'Chip.open("sim", shape=...)' in message and info.value.allowed is not None
+    fields = dict(re.findall(r"(\w+)=(\d+)", message.split("it fits ChipShape(")[1].split(")")[0]))
+    with Chip.open("model", shape=ChipShape(**{k: int(v) for k, v in fields.items()})) as chip:
+        chip.load(net)
+
+
+@pytest.mark.parametrize("first, second", [((-100, -90), (50, 60)), ((50, 60), (-100, -90))])
+def test_load_does_not_depend_on_the_previous_network(first, second):
+    """Weight bounds of the previous network (w_min above the old w_max, or w_max below the old
+    w_min) do not stop a load; the result equals a load on a fresh chip."""
+    net_a, *_ = _plastic_net(*first)
+    net_b, inp, hid, conn = _plastic_net(*second, seed=3)
+    raster = np.random.default_rng(4).random((30, 8)) < 0.4
+    results = []
+    for previous in (net_a, None):
+        with Chip(ModelBackend(SHAPE)) as chip:
+            if previous is not None:
+                chip.load(previous)
+            chip.load(net_b)
+            chip.set_learning(True)
+            out = chip.run({inp: raster}, steps=30)
+            results.append((out.raw[:, 1:].tolist(), out.spikes(hid).tolist(), chip.read_weights(conn, raw=True)))
+    assert results[0][:2] == results[1][:2]
+    assert np.array_equal(results[0][2], results[1][2])
+
+
+class _FailingWrite(ModelBackend):
+    def __init__(self, shape, fail_at):
+        super().__init__(shape)
+        self.fail_at, self.writes = fail_at, 0
+
+    def write(self, space, core, addr, words):
+        self.writes += 1
+        if self.writes == self.fail_at:
+            raise DeviceUnavailable("the cable came out")
+        super().write(space, core, addr, words)
+
+
+def test_a_failed_load_leaves_no_network_and_says_so():
+    net, inp, hid, out, *_ = two_layer()
+    chip = Chip(_FailingWrite(SHAPE, fail_at=3))
+    with pytest.raises(DeviceUnavailable) as info:
+        chip.load(net)
+    assert any("no network is loaded now" in note for note in info.value.__notes__)
+    assert chip.compiled is None
+    with pytest.raises(ValidationError, match="no network is loaded"):
+        chip.run(steps=1)
+    chip.load(net)                  # a retry starts from scratch and succeeds
+    assert chip.run({inp: np.ones((3, 10), bool)}, steps=3).steps == 3
+
+
+class _Shuffled(ModelBackend):
+    """The model emitting each run's spikes in reverse order (as the sim device may interleave
+    the cores' spikes within a step)."""
+
+    def run(self, steps):
+        return super().run(steps)[::-1]
+
+
+def test_spikes_in_one_order_on_every_backend():
+    net, inp, hid, out, *_ = two_layer(5)
+    raster = np.random.default_rng(5).random((25, 10)) < 0.5
+    results = []
+    for backend in (ModelBackend(SHAPE), _Shuffled(SHAPE)):
+        with Chip(backend) as chip:
+            chip.load(net)
+            results.append(chip.run({inp: raster}, steps=25))
+    a, b = results
+    assert len(a.raw) > 20
+    for r in results:
+        assert np.array_equal(r.raw, r.raw[np.lexsort((r.raw[:, 2], r.raw[:, 1], r.raw[:, 0]))])
+    assert np.array_equal(a.raw, b.raw)
+    for pop in (hid, out):
+        assert np.array_equal(a.spikes(pop), b.spikes(pop))
+
+
+def test_tau_inf_means_no_decay():
+    import math
+    neuron = LIF(tau_mem=math.inf, tau_syn=math.inf, tau_theta=math.inf)
+    assert neuron.decays() == (0, 0, 0)
+    with pytest.raises(ValidationError):
+        LIF(tau_mem=-math.inf)
+    with pytest.raises(ValidationError):
+        LIF(tau_mem=math.nan)
+
+
+def test_close_twice_is_harmless():
+    chip = Chip.open("model", shape=SHAPE)
+    chip.close()
+    chip.close()
+
+
+def test_huge_count_cell_is_an_event_error_before_expansion():
+    net, inp, *_ = two_layer()
+    with Chip.open("model", shape=SHAPE) as chip:
+        chip.load(net)
+        raster = np.zeros((2, 10), dtype=np.int64)
+        raster[1, 3] = 10 ** 15
+        with pytest.raises(EventError, match="step 1 has") as info:
+            chip.run({inp: raster}, steps=2)
+        assert info.value.allowed == (0, chip.info.input_queue)
+
+
+def test_set_plastic_requires_a_bool():
+    net, inp, hid, conn = _plastic_net(-20, 40)
+    with Chip.open("model", shape=SHAPE) as chip:
+        chip.load(net)
+        for bad in ("no", 0, None):
+            with pytest.raises(ValidationError, match="True or False") as info:
+                chip.set_plastic(conn, bad)
+            assert info.value.allowed == (True, False)
+        chip.set_plastic(conn, False)
+        assert chip.backend.read(MemorySpace.PLASTIC, 0, 0, 8).tolist() == [0] * 8
+
+
+def test_record_takes_a_population_a_name_or_a_list():
+    net, inp, hid, out, *_ = two_layer()
+    raster = np.ones((4, 10), bool)
+    with Chip.open("model", shape=SHAPE) as chip:
+        chip.load(net)
+        by_list = chip.run({inp: raster}, steps=4, record=[hid])
+        chip.reset_state()
+        by_pop = chip.run({inp: raster}, steps=4, record=hid)
+        chip.reset_state()
+        by_name = chip.run({inp: raster}, steps=4, record="hid")
+        assert by_list.recorded == by_pop.recorded == by_name.recorded == [hid]
+        assert np.array_equal(by_list.spikes(hid), by_name.spikes(hid))
+        for bad in ("p", "hi", ["hid", "x"], 3):
+            with pytest.raises(ValidationError) as info:
+                chip.run(steps=1, record=bad)
+            assert info.value.field == "record" and info.value.allowed == ("hid", "out")
+
+
+def test_nan_errors_give_position_value_and_allowed():
+    net, inp, *_ = two_layer()
+    with Chip.open("model", shape=SHAPE) as chip:
+        chip.load(net)
+        raster = np.zeros((3, 10))
+        raster[2, 7] = np.nan
+        with pytest.raises(EventError, match=r"position \(2, 7\)") as info:
+            chip.run({inp: raster}, steps=3)
+        assert np.isnan(info.value.value) and info.value.allowed
+    with Chip.open("model") as chip:
+        chip.load(net)
+        x = np.full(10, 0.5)
+        x[4] = np.nan
+        with pytest.raises(ValidationError, match=r"\[4\] = nan") as info:
+            chip.encode({inp: x})
+        assert np.isnan(info.value.value) and info.value.allowed == (0, 1)
+    small = Network()
+    a, b = small.input(2), small.population(3)
+    weights = np.ones((2, 3))
+    weights[1, 2] = np.nan
+    with pytest.raises(ValidationError, match=r"weights\[1, 2\] = nan") as info:
+        small.connect(a, b, weights=weights)
+    assert np.isnan(info.value.value) and info.value.allowed
+
+
+def test_encoding_on_a_chip_without_encoder_is_refused():
+    net, inp, *_ = two_layer()
+    with Chip.open("model", shape=SHAPE) as chip:
+        chip.load(net)
+        with pytest.raises(CapacityError, match="no input encoder") as info:
+            chip.encode({inp: np.full(10, 0.5)})
+        assert info.value.field == "encoder_channels"
+
+
+def test_every_validation_error_in_the_host_library_names_what_is_allowed():
+    """Every raise of a ValidationError family member in these modules passes field, value and
+    allowed."""
+    import ast
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    family = {"ValidationError", "RangeError", "ShapeError", "CapacityError", "EventError"}
+    for name in ("host/chip.py", "host/network.py", "host/backend.py", "host/model_backend.py",
+                 "host/encoding.py", "sim/device.py", "pkg/cli.py"):
+        for node in ast.walk(ast.parse((root / name).read_text())):
+            if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call):
+                func = node.exc.func
+                if getattr(func, "id", getattr(func, "attr", None)) in family:
+                    given = len(node.exc.args) + sum(k.arg in ("field", "value", "allowed") for k in node.exc.keywords)
+                    assert given >= 4, f"{name}:{node.lineno} raises without field, value and allowed"
