@@ -1,20 +1,33 @@
-# The README's two commands: `make demo` and `make test`. Both create .venv on first use.
+# The README's commands: `make demo` and `make test` (both create .venv on first use and are
+# safe to re-run), `make test-all`, `make bench`, `make lint`.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
-# Two cores: one pytest worker per core is the most the machine takes.
+# .installed: everything (.[dev]: simulation, FPGA toolchain, formal, demo, NIR, test tools);
+# .installed-demo: only what the demo needs (.[demo]: the host library, the Verilator sim device,
+# scikit-learn and matplotlib), without the FPGA toolchain.
+STAMP      := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.installed-demo
+PIP        := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install --quiet
 PYTEST_ARGS ?=
 
 .PHONY: demo test test-all lint bench clean
 
-$(STAMP): pyproject.toml setup.py
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
-	touch $(STAMP)
 
-demo: $(STAMP)
+$(STAMP): pyproject.toml setup.py | $(BIN)/python
+	@echo "installing neurofabric with everything (.[dev]) into $(VENV): about a minute the first time"
+	$(PIP) -e ".[dev]"
+	touch $(STAMP) $(DEMO_STAMP)
+
+$(DEMO_STAMP): pyproject.toml setup.py | $(BIN)/python
+	@echo "installing neurofabric with the demo's dependencies (.[demo]) into $(VENV): about 30 s the first time"
+	$(PIP) -e ".[demo]"
+	touch $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
 	$(BIN)/neurofabric demo
 
 lint: $(STAMP)

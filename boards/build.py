@@ -34,7 +34,14 @@ from pathlib import Path
 
 from neurofabric.boards.catalog import BOARDS, BoardConfigError, BuildConfig, check_config, get_board
 from neurofabric.boards.synth import COLLISION_FREE_SCRIPT, cell_counts
-from neurofabric.toolchain import ToolchainError, cache_key, cached_build, tool_versions, yowasp_env
+from neurofabric.toolchain import (
+    ToolchainError,
+    cache_key,
+    cached_build,
+    stage_progress,
+    tool_versions,
+    yowasp_env,
+)
 
 __all__ = ["BOARDS", "BuildResult", "BuildError", "TimingError", "build_bitstream", "program_board",
            "main", "default_out_dir", "design_hash"]
@@ -349,9 +356,12 @@ def main(argv=None):
     except SystemExit as exit_:
         return int(exit_.code or 0)
 
-    def say(message):
-        print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+    with stage_progress() as say:       # each stage on its own line, with its elapsed time
+        return _command(args, say)
 
+
+def _command(args, say):
+    """Run the parsed command; `say` reports each stage of a build."""
     try:
         if args.command == "list":
             _list(sys.stdout)

@@ -29,10 +29,15 @@ __all__ = ["load_data", "train_mlp", "classify", "run_demo"]
 PERCENTILES = (99.0, 99.5, 99.9, 99.99, 100.0)
 
 
-def sim_shape():
-    """The chip shape the demo asks the Verilator sim device for: one core big enough for
-    64 inputs + 128 hidden axons and 138 neurons, and an input encoder channel per input pixel."""
+def sim_shape(hidden=128):
+    """The chip shape the demo asks the Verilator sim device for: the default shape (the one
+    ``Chip.open("model")`` builds too) when a 64-`hidden`-10 network fits it, else one core big
+    enough for 64 inputs + `hidden` axons and `hidden` + 10 neurons; an input encoder channel per
+    input pixel either way."""
+    from neurofabric.host.backend import DEFAULT_SHAPE
     from neurofabric.host.model import ChipShape
+    if hidden <= min(DEFAULT_SHAPE.neurons, DEFAULT_SHAPE.axons):
+        return DEFAULT_SHAPE
     return ChipShape(cores=1, neurons=256, axons=256, lanes=8, route_entries=512, encoder_channels=64)
 
 
@@ -47,23 +52,36 @@ def load_data(seed=0):
 _TRAINED = {}
 
 
-def train_mlp(x, y, hidden=128, seed=0):
-    """A ReLU MLP in-`hidden`-10; returns (weights, biases, classifier). Trained models are kept
-    for the life of the process (keyed by the data, `hidden` and `seed`), since training is the
-    slowest part of the demo."""
-    import hashlib
+def train_mlp(x, y, hidden=128, seed=0, progress=True):
+    """A ReLU MLP in-`hidden`-10; returns (weights, biases, classifier). Training is the slowest
+    part of the demo, so trained models are cached by content like the simulator builds (the
+    data, `hidden`, `seed` and the scikit-learn version are the key; ``$NEUROFABRIC_CACHE`` or
+    the user cache folder), and kept for the life of the process. `progress`: show the elapsed
+    time while a model that is not cached yet trains."""
+    import pickle
     import warnings
-    key = (hashlib.sha256(np.ascontiguousarray(x).tobytes() + np.ascontiguousarray(y).tobytes()).hexdigest(),
-           hidden, seed)
+
+    import sklearn
+
+    from neurofabric.toolchain import cache_key, cached_build, elapsed_progress
+    key = cache_key("mlp", np.ascontiguousarray(x, dtype=np.float64).tobytes(),
+                    np.ascontiguousarray(y, dtype=np.int64).tobytes(), list(np.shape(x)), hidden, seed,
+                    sklearn.__version__)
     if key in _TRAINED:
         return _TRAINED[key]
 
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.neural_network import MLPClassifier
-    clf = MLPClassifier((hidden,), activation="relu", alpha=1e-3, max_iter=1000, random_state=seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        clf.fit(x, y)
+    def train(folder):
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.neural_network import MLPClassifier
+        clf = MLPClassifier((hidden,), activation="relu", alpha=1e-3, max_iter=1000, random_state=seed)
+        with warnings.catch_warnings(), elapsed_progress(
+                f"training the float MLP 64-{hidden}-10 on {len(y)} samples (cached for next time)",
+                enabled=progress):
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            clf.fit(x, y)
+        (folder / "mlp.pickle").write_bytes(pickle.dumps(clf))
+
+    clf = pickle.loads((cached_build("demo-mlp", key, train) / "mlp.pickle").read_bytes())
     _TRAINED[key] = clf.coefs_, clf.intercepts_, clf
     return _TRAINED[key]
 
@@ -138,6 +156,8 @@ def classify(chip, converted, x, steps, progress=None, reference=None, on_sample
 
 
 def _plots(out_dir, converted, result, steps, y_true, y_pred, input_raster):
+    """``raster.png`` (the first test sample, titled with its true label and the prediction) and
+    ``confusion.png``; returns the confusion matrix."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -154,7 +174,7 @@ def _plots(out_dir, converted, result, steps, y_true, y_pred, input_raster):
         ax.set_ylim(-0.5, pop.size - 0.5)
     axes[-1].set_xlabel("time step")
     axes[-1].set_xlim(-0.5, steps + converted.latency - 0.5)
-    fig.suptitle("spike raster of the first test sample")
+    fig.suptitle(f"spike raster of test sample 0: true label {int(y_true[0])}, predicted {int(y_pred[0])}")
     fig.tight_layout()
     fig.savefig(out_dir / "raster.png", dpi=120)
     plt.close(fig)
@@ -190,7 +210,7 @@ def run_demo(device="sim", steps=16, hidden=128, out_dir="build/demo", limit=Non
     t_start = time.perf_counter()
     options = dict(device_options or {})
     if device == "sim":
-        options.setdefault("shape", sim_shape())
+        options.setdefault("shape", sim_shape(hidden))
     chip = Chip.open(device, **options)       # first, so a missing device fails before training
     reference = None
     try:
@@ -202,12 +222,12 @@ def run_demo(device="sim", steps=16, hidden=128, out_dir="build/demo", limit=Non
             # the percentile is chosen on a validation part of the training data only
             from sklearn.model_selection import train_test_split
             x_fit, x_val, y_fit, y_val = train_test_split(x_train, y_train, test_size=0.25, random_state=seed)
-            w_fit, b_fit, _ = train_mlp(x_fit, y_fit, hidden, seed)
+            w_fit, b_fit, _ = train_mlp(x_fit, y_fit, hidden, seed, progress=progress is not False)
             percentile, scores = choose_percentile(w_fit, b_fit, x_val, y_val, steps, rate_encode, PERCENTILES)
             log(f"normalisation percentile {percentile} (validation accuracy by percentile: "
                 + ", ".join(f"{p}: {a:.3f}" for p, a in scores.items()) + ")")
 
-        weights, biases, clf = train_mlp(x_train, y_train, hidden, seed)
+        weights, biases, clf = train_mlp(x_train, y_train, hidden, seed, progress=progress is not False)
         float_acc = float(clf.score(x_test, y_test))
         converted = convert_mlp(weights, biases, x_train, percentile=percentile)
         log(f"float MLP 64-{hidden}-10 test accuracy {float_acc:.4f}; thresholds {converted.thresholds}")

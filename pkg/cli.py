@@ -7,7 +7,8 @@
 - ``neurofabric demo --learn [--quick] [--device D] [--out DIR]``: unsupervised STDP learning of
   the digits on the chip (demos/learning.py; the Verilator sim device by default, ``--device model``
   learns the same weights about 6x faster).
-- ``neurofabric sim-server ...``: start the Verilator sim device (neurofabric.sim.device).
+- ``neurofabric sim-server ...``: start the Verilator sim device (neurofabric.sim.device); it
+  prints ``port N`` (connect to ``socket://127.0.0.1:N``).
 - ``neurofabric build --board NAME [...]``, ``neurofabric program --board NAME``,
   ``neurofabric boards``: bitstreams (neurofabric.boards.build).
 
@@ -120,10 +121,10 @@ def _demo(args):
 #: Subcommands whose arguments pass through to another module's main(argv):
 #: name -> (module, leading arguments, help)
 PASS_THROUGH = {
-    "sim-server": ("neurofabric.sim.device", [], "start the Verilator sim device (--help for its options)"),
+    "sim-server": ("neurofabric.sim.device", [], "start the Verilator sim device; prints 'port N' "
+                   "(connect to socket://127.0.0.1:N; --help for its options)"),
     "build": ("neurofabric.boards.build", ["build"], "build a bitstream: build --board NAME [chip options]"),
     "program": ("neurofabric.boards.build", ["program"], "program a board with openFPGALoader"),
-    "boards": ("neurofabric.boards.build", ["list"], "list the supported boards"),
 }
 
 
@@ -135,7 +136,14 @@ def _pass_through(name, rest):
     except ImportError as e:
         print(f"neurofabric {name}: {module_name} is not available: {e}", file=sys.stderr)
         return 1
+    if name == "sim-server":
+        return module.main(rest, prog="neurofabric sim-server") or 0
     return module.main([*lead, *rest]) or 0
+
+
+def _boards(args):
+    from neurofabric.boards.build import main as boards_main
+    return boards_main(["list"])
 
 
 def build_parser():
@@ -166,6 +174,9 @@ def build_parser():
     p.add_argument("--learn", action="store_true", help="unsupervised STDP learning demo (demos/learning.py)")
     p.add_argument("--quick", action="store_true", help="with --learn: a small, fast configuration")
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser("boards", help="list the supported boards")
+    p.set_defaults(func=_boards)
 
     for name, (_, _, help_text) in PASS_THROUGH.items():
         sub.add_parser(name, help=help_text, add_help=False).set_defaults(func=None)

@@ -252,7 +252,7 @@ def cached_build(namespace, key, build, *, lock_timeout=3600):
 
 class elapsed_progress:
     """A context manager that shows `label` with the elapsed time on stderr (a tqdm status line,
-    refreshed every second) while a long step without its own progress runs: a first Verilator
+    refreshed every second on a terminal, every 15 s otherwise) while a long step without its own progress runs: a first Verilator
     build, a synthesis or place-and-route stage. ``enabled=False`` shows nothing."""
 
     def __init__(self, label, enabled=True):
@@ -269,8 +269,10 @@ class elapsed_progress:
         self._bar = tqdm(total=None, desc=self.label, bar_format="{desc}: {elapsed}", file=sys.stderr,
                          leave=True, dynamic_ncols=True, mininterval=1.0)
 
+        interval = 1.0 if sys.stderr.isatty() else 15.0       # a log file gets a line every 15 s
+
         def tick():
-            while not self._stop.wait(1.0):
+            while not self._stop.wait(interval):
                 self._bar.refresh()
 
         self._thread = threading.Thread(target=tick, daemon=True)
@@ -283,3 +285,28 @@ class elapsed_progress:
             self._thread.join()
             self._bar.refresh()
             self._bar.close()
+
+
+class stage_progress:
+    """Progress of a job in named stages (synthesis, place and route, packing): call it with each
+    stage's name as it starts; the previous stage's line stays with its elapsed time, the new
+    one counts up (:class:`elapsed_progress`). A context manager; leaving it ends the last stage."""
+
+    def __init__(self, enabled=True):
+        self.enabled = enabled
+        self._current = None
+
+    def __call__(self, stage):
+        self.close()
+        self._current = elapsed_progress(stage, enabled=self.enabled).__enter__()
+
+    def close(self):
+        if self._current is not None:
+            self._current.__exit__(None, None, None)
+            self._current = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -189,14 +189,27 @@ def device_verilog(shape, *, chip="chip", rx_timeout=1_000_000):
     return to_verilog(wrapper, name="linked_chip", ports=wrapper.ports())
 
 
+#: executables built or found in this process, by (shape, chip, rx_timeout): generating the
+#: Verilog that keys the build cache takes seconds, and the source does not change while running
+_BUILT = {}
+
+
 def build_device(shape, *, chip="chip", rx_timeout=1_000_000):
     """Build (or fetch from the cache) the sim device executable for `shape`; returns its path."""
+    key = (shape, chip, rx_timeout)
+    if key in _BUILT and os.path.isfile(_BUILT[key]):
+        return _BUILT[key]
+    _BUILT[key] = _build_device(shape, chip, rx_timeout)
+    return _BUILT[key]
+
+
+def _build_device(shape, chip, rx_timeout):
     from neurofabric.sim.verilator import build_executable
 
     verilog = device_verilog(shape, chip=chip, rx_timeout=rx_timeout)
     sources = [os.path.join(CPP_DIR, "device.cpp")]
     return build_executable(verilog, "linked_chip", sources, flags=DEVICE_FLAGS,
-                            announce="building the simulated chip, first time only (about a minute)")
+                            announce="building the simulated chip, first time only (1-2 minutes)")
 
 
 class SimDevice:
@@ -334,8 +347,8 @@ class SimBackend(Backend):
             self.device.close()
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m neurofabric.sim.device",
+def main(argv=None, prog="python -m neurofabric.sim.device"):
+    parser = argparse.ArgumentParser(prog=prog,
                                      description="Run the Verilator sim device of a chip; print 'port N' "
                                                  "(connect to socket://127.0.0.1:N).")
     parser.add_argument("--chip", default="chip", help="'chip' (learning), 'chip:inference', 'loopback' or 'loopback:DEPTH'")

@@ -11,8 +11,8 @@ from neurofabric.cli import main
 def test_info(capsys):
     assert main(["info", "--device", "model"]) == 0
     out = capsys.readouterr().out
-    assert "build model" in out and "4 core(s) x 256 neurons x 256 axons" in out
-    assert "learning yes, input encoder 256 channels" in out
+    assert "build model" in out and "2 core(s) x 128 neurons x 128 axons" in out
+    assert "learning yes, input encoder 64 channels" in out
 
 
 def test_run_builtin(capsys):
@@ -59,7 +59,8 @@ def test_sim_server_delegates(capsys):
     with pytest.raises(SystemExit) as info:
         main(["sim-server", "--help"])
     assert info.value.code == 0
-    assert "sim device" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert out.startswith("usage: neurofabric sim-server") and "print 'port N'" in out
 
 
 def test_boards_subcommands_pass_through(capsys):
@@ -67,3 +68,25 @@ def test_boards_subcommands_pass_through(capsys):
     assert "icebreaker" in capsys.readouterr().out
     assert main(["build", "--board", "no-such-board"]) == 2
     assert "no-such-board" in capsys.readouterr().err
+
+
+def test_help_names_the_command_it_documents(capsys):
+    """Every subcommand's --help starts with its own usage line (`neurofabric boards --help` once
+    printed `usage: neurofabric list`), and docs/host.md's command-line section lists them all."""
+    from pathlib import Path
+
+    from neurofabric.cli import PASS_THROUGH, build_parser
+    names = [*build_parser()._subparsers._group_actions[0].choices]
+    assert set(PASS_THROUGH) <= set(names) and "boards" in names
+    for name in names:
+        try:
+            assert main([name, "--help"]) == 0
+        except SystemExit as exit_:
+            assert exit_.code == 0
+        out = capsys.readouterr().out
+        assert out.startswith(f"usage: neurofabric {name}"), (name, out[:80])
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "host.md").read_text()
+    section = docs.split("## Command line")[1].split("\n## ")[0]
+    for name in names:
+        assert f"neurofabric {name}" in section, name
+    assert "demo --learn" in section
