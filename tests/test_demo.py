@@ -42,3 +42,41 @@ def test_classify_compares_spikes_with_a_reference():
         b.backend.model.cores[0].weights[:, :] //= 2
         different = classify(a, conv, x_test[:10], 8, progress=False, reference=b)
         assert len(different["mismatches"]) > 0
+
+
+def test_raster_is_titled_with_the_true_label_and_the_prediction(tmp_path, monkeypatch):
+    import matplotlib.figure
+    titles = []
+    original = matplotlib.figure.Figure.suptitle
+    monkeypatch.setattr(matplotlib.figure.Figure, "suptitle",
+                        lambda self, text, **kw: titles.append(text) or original(self, text, **kw))
+    _, x_test, _, y_test = load_data(0)
+    run_demo(device="model", steps=8, hidden=16, out_dir=tmp_path, limit=1, progress=False, log=lambda _: None,
+             percentile=99.9)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    predicted = int(np.argmax(summary["confusion"][int(y_test[0])]))      # one sample: its row holds a 1
+    assert titles == [f"spike raster of test sample 0: true label {int(y_test[0])}, predicted {predicted}"]
+
+
+def test_training_is_cached_by_content(tmp_path, monkeypatch):
+    """A second training of the same data, size and seed comes from the cache (even in a new
+    process: the in-process memo is cleared here); other data trains anew."""
+    import sklearn.neural_network
+
+    from neurofabric.demos import digits
+    monkeypatch.setenv("NEUROFABRIC_CACHE", str(tmp_path))
+    monkeypatch.setattr(digits, "_TRAINED", {})
+    fits = []
+    original = sklearn.neural_network.MLPClassifier.fit
+    monkeypatch.setattr(sklearn.neural_network.MLPClassifier, "fit",
+                        lambda self, x, y: fits.append(len(y)) or original(self, x, y))
+    x_train, _, y_train, _ = load_data(0)
+    first = train_mlp(x_train[:200], y_train[:200], hidden=8, seed=0, progress=False)
+    digits._TRAINED.clear()
+    again = train_mlp(x_train[:200], y_train[:200], hidden=8, seed=0, progress=False)
+    assert fits == [200]
+    for a, b in zip(first[0] + first[1], again[0] + again[1]):
+        assert np.array_equal(a, b)
+    train_mlp(x_train[:150], y_train[:150], hidden=8, seed=0, progress=False)
+    assert fits == [200, 150]
+    assert len(list((tmp_path / "demo-mlp").iterdir())) >= 2

