@@ -11,12 +11,16 @@
 
 The default ``chip="chip"`` is the real chip with learning cores (``Chip(learning=True)``, so the
 host's learning API works on "sim"); ``chip="chip:inference"`` leaves the learning logic out
-and simulates faster (default shape, reference network: 1.36 against 1.04 M cycles/s,
-``python bench/link.py``). The default shape has 64 input encoder channels (``Chip.encode``); a
-shape's ``encoder_channels`` decides whether the device has an encoder, and IDENTIFY reports it.
-``python -m neurofabric.sim.device [--chip loopback|chip|chip:inference]
-[--cores N ...]`` runs a sim device standalone; it prints ``port N`` (connect to
-``socket://127.0.0.1:N``).
+and simulates faster (2 x 64 x 64 chip, reference network: 1.36 against 1.04 M cycles/s,
+``python bench/link.py``). The default shape (``DEFAULT_SHAPE``, the same as "model"'s) has 64
+input encoder channels (``Chip.encode``); a shape's ``encoder_channels`` decides whether the
+device has an encoder, and IDENTIFY reports it.
+
+``Chip.open("sim", ...)`` reaches this module through the backend registry (the entry point
+``neurofabric.backends: sim = neurofabric.sim.device:open_sim_backend``), never by an import
+from ``neurofabric.host``. ``python -m neurofabric.sim.device [--chip loopback|chip|chip:inference]
+[--cores N ...]`` (or ``neurofabric sim-server ...``) runs a sim device standalone; it prints
+``port N`` (connect to ``socket://127.0.0.1:N``).
 """
 
 import argparse
