@@ -664,7 +664,8 @@ def _intensities(x, pop):
     bad = ~((array >= 0) & (array <= 1))           # NaN compares false: caught here too
     if np.any(bad):
         at = int(np.flatnonzero(bad)[0])
-        raise RangeError(f"{name}[{at}] = {array[at]} is out of range: allowed [0, 1]", name,
+        text = "NaN" if np.isnan(array[at]) else array[at]
+        raise RangeError(f"{name} contains {text}, out of range: allowed [0, 1] (at position {at})", name,
                          float(array[at]), (0, 1))
     return array
 
