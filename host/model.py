@@ -62,7 +62,7 @@ from neurofabric.hdl.protocol import (
 __all__ = [
     "ChipShape", "NeuronProfile", "StdpConfig", "WtaConfig", "Route", "ChipModel", "ModelError",
     "saturate", "decay", "lfsr_next", "lfsr_seed", "lfsr_draws", "encoder_lfsr_seed", "encoder_draws",
-    "encoder_spikes",
+    "encoder_spikes", "stdp_window",
 ]
 
 STATE_MIN, STATE_MAX = signed_range(STATE_BITS)
@@ -334,6 +334,22 @@ class WtaConfig:
             raise ModelError(f"reset must be True or False, not {self.reset!r}")
         check_int("inhibit", self.inhibit, 0, STATE_MAX)
         check_int("hold", self.hold, 0, (1 << REFRACTORY_BITS) - 1)
+
+
+def stdp_window(config, dt):
+    """The STDP window as the chip computes it: the expected weight change (in weight LSBs) of
+    one pre/post pair ``dt = t_post - t_pre`` steps apart, from zero traces, reward 1
+    (docs/semantics.md, "The STDP window"). ``dt >= 0``: ``a_plus * x / 2**shift`` with ``x`` the
+    pre-trace after ``dt`` integer decays of ``pre_increment``; ``dt < 0``: ``-a_minus * y /
+    2**shift`` with ``y`` the post-trace after ``-dt`` decays of ``post_increment``. Each single
+    pair's dw is this value stochastically rounded: its floor or its ceiling."""
+    dt = int(dt)
+    amplitude, trace, rate = ((config.a_plus, config.pre_increment, config.pre_decay) if dt >= 0 else
+                              (-config.a_minus, config.post_increment, config.post_decay))
+    trace = min(trace, TRACE_MAX)
+    for _ in range(abs(dt)):
+        trace = int(decay(trace, rate))
+    return amplitude * trace / (1 << config.shift)
 
 
 @dataclass(frozen=True)
