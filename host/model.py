@@ -403,7 +403,8 @@ class CoreState:
     wta: WtaConfig = None               #: the core's winner-take-all (None: off)
     wta_members: np.ndarray = None      #: its group (bool per neuron)
     norm_total: int = 0                 #: the rest command's normalisation target (0: off)
-    norm_members: np.ndarray = None     #: the neurons it normalises (bool per neuron)
+    rest_theta_decay: int = 0           #: the rest command's adaptive threshold decay (0: off)
+    norm_members: np.ndarray = None     #: the neurons the rest command normalises and decays
 
 
 class ChipModel:
@@ -515,26 +516,34 @@ class ChipModel:
             "members", members, (self.shape.neurons,), 0, 1).astype(bool)
         state.wta, state.wta_members = config, mask
 
-    def set_normalisation(self, core, total, members=None):
-        """Normalise the plastic input weights of each neuron of `members` (bool mask, default
-        every neuron) of `core` to sum to `total` (0 turns it off) at every :meth:`rest`
-        (docs/semantics.md, "Rest and weight normalisation")."""
+    def set_rest(self, core, normalise=0, theta_decay=0, members=None):
+        """What the :meth:`rest` command does to `core`'s neurons of `members` (bool mask, default
+        every neuron), besides clearing their state: normalise each one's plastic input weights
+        to sum to `normalise` (0: off), and decay its adaptive threshold once by `theta_decay`
+        (fraction of 4096, rounding toward zero, as ``dtheta`` does every step; 0: off).
+        Python-level configuration of the model until the address map declares it
+        (docs/semantics.md, "Rest")."""
         state = self._core(core)
-        total = check_int("total", total, 0, NORM_TOTAL_MAX)
+        normalise = check_int("normalise", normalise, 0, NORM_TOTAL_MAX)
+        theta_decay = check_int("theta_decay", theta_decay, 0, DECAY_ONE)
         mask = np.ones(self.shape.neurons, dtype=bool) if members is None else check_array(
             "members", members, (self.shape.neurons,), 0, 1).astype(bool)
-        state.norm_total, state.norm_members = total, mask
+        state.norm_total, state.rest_theta_decay, state.norm_members = normalise, theta_decay, mask
 
     def rest(self):
         """The rest between two samples, one command for the whole chip: every core's u, v,
         refractory counters, input accumulators and STDP traces go to 0 and the spikes in
-        flight are dropped; the adaptive thresholds, weights, LFSRs, the encoder, the step
-        counter and queued host input are kept; then every core with a normalisation target
-        normalises its plastic weights (:meth:`set_normalisation`)."""
+        flight are dropped; the weights, LFSRs, the encoder, the step counter and queued host
+        input are kept, and so are the adaptive thresholds, except that every core with a rest
+        configuration
+        decays the adaptive thresholds and normalises the plastic weights of its rest group
+        (:meth:`set_rest`)."""
         for s in self.cores:
             for name in ("u", "v", "refractory", "acc", "post_trace", "pre_trace"):
                 getattr(s, name)[:] = 0
             s.pre_event[:] = False
+            if s.rest_theta_decay:
+                s.theta = np.where(s.norm_members, decay(s.theta, s.rest_theta_decay), s.theta)
             if s.norm_total:
                 self._normalise(s)
         self._pending = _NO_EVENTS
