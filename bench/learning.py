@@ -3,7 +3,8 @@
     python bench/learning.py [--json FILE] [--no-synth] [--png docs/stdp_window.png] [--quick]
 
 ``--quick`` (the test suite runs it): a 32 x 32 core with 4 lanes for the throughput, no
-synthesis, no PNG unless asked.
+synthesis, no PNG unless asked, and the learning demo's small random-initialisation
+configuration (:data:`~neurofabric.host.learn_demo.RANDOM_QUICK`) for one seed.
 
 * ``weight_updates_per_cycle``: synapses visited (read, updated, written back) per cycle of the
   learning phase, measured in the Amaranth simulator on NeuronCore(256, 256, 8): every axon
@@ -20,6 +21,16 @@ synthesis, no PNG unless asked.
 * ``learning_overhead``: NeuronCore(256, 256, 8, learning=True) minus learning=False on ECP5
   LFE5U-85F (CABGA381) at 100 MHz through :func:`neurofabric.boards.synth.synthesize`: lut4,
   ff, bram, dsp differences, and both builds' fmax.
+
+* ``stdp_accuracy_random_init``: the learning demo from uniform random initial weights
+  (``host/learn_demo.py`` :data:`~neurofabric.host.learn_demo.RANDOM`: 100 neurons, the core's
+  hard winner-take-all, normalisation and rest on the chip) trained on the model on the 1257
+  training digits and tested on the 540, for every seed of ``--seeds`` (default 0 1 2): the
+  minimum over the seeds (``_mean`` the mean, ``seeds`` every run). ``learning_off_accuracy``:
+  the same network and initial weights with ``a_plus = a_minus = 0``; ``stdp_gain``: the
+  smallest per-seed difference. The runs go through :func:`neurofabric.host.sweep.sweep` (Dask;
+  ``--scheduler ADDRESS`` for a cluster, else a one-worker LocalCluster), each recorded with its
+  parameters in ``--runs FILE`` (JSON lines) if given. ``--no-stdp`` skips them.
 
 Figures are measurements, not assertions.
 """
@@ -145,13 +156,42 @@ def overhead():
     }
 
 
+def stdp_random_init(seeds, quick=False, scheduler=None, runs=None):
+    """The learning demo from random weights, learning on and off, for every seed (a sweep)."""
+    from neurofabric.host.learn_demo import sweep_run
+    from neurofabric.host.sweep import grid, sweep
+    config = "random_quick" if quick else "random"
+    records = sweep(sweep_run, grid(config=[config], learning=[True, False]), seeds=seeds, scheduler=scheduler,
+                    record=runs, progress=False)
+    failed = [r for r in records if r["error"]]
+    if failed:
+        raise RuntimeError(f"{len(failed)} learning runs failed; the first: {failed[0]['error']}")
+    on = {r["seed"]: r["result"] for r in records if r["params"]["learning"]}
+    off = {r["seed"]: r["result"] for r in records if not r["params"]["learning"]}
+    gains = [on[s]["accuracy"] - off[s]["accuracy"] for s in seeds]
+    accuracies = [on[s]["accuracy"] for s in seeds]
+    for s in seeds:
+        print(f"  seed {s}: accuracy {on[s]['accuracy']:.3f}, learning off {off[s]['accuracy']:.3f}", flush=True)
+    return {"stdp_accuracy_random_init": min(accuracies),
+            "stdp_accuracy_random_init_mean": sum(accuracies) / len(accuracies),
+            "learning_off_accuracy": max(off[s]["accuracy"] for s in seeds),
+            "learning_off_accuracy_mean": sum(off[s]["accuracy"] for s in seeds) / len(seeds),
+            "stdp_gain": min(gains), "stdp_gain_mean": sum(gains) / len(gains),
+            "stdp_config": config,
+            "seeds": {s: {"learning": on[s], "learning_off": off[s]} for s in seeds}}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="write the figures to this file")
     parser.add_argument("--no-synth", action="store_true", help="skip the ECP5 builds")
     parser.add_argument("--png", type=Path, default=None, help="where to save the window plot "
                         "(default docs/stdp_window.png; none with --quick)")
-    parser.add_argument("--quick", action="store_true", help="small core, short window, no synthesis")
+    parser.add_argument("--quick", action="store_true", help="small core, no synthesis, a small learning run")
+    parser.add_argument("--no-stdp", action="store_true", help="skip the learning runs from random weights")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="learning seeds (default 0 1 2)")
+    parser.add_argument("--scheduler", help="a Dask scheduler address for the learning runs")
+    parser.add_argument("--runs", type=Path, help="append every learning run (JSON lines) to this file")
     args = parser.parse_args(argv)
     png = args.png if args.png is not None or args.quick else ROOT / "docs" / "stdp_window.png"
     core = (32, 32, 4) if args.quick else (NEURONS, AXONS, LANES)
@@ -161,6 +201,10 @@ def main(argv=None):
     figures["weight_updates_per_cycle"] = figures["throughput"]["all"]["weight_updates_per_cycle"]
     print("STDP window:", flush=True)
     figures.update(window(png))
+    if not args.no_stdp:
+        seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
+        print(f"learning from random weights (model, seeds {seeds}):", flush=True)
+        figures.update(stdp_random_init(seeds, args.quick, args.scheduler, args.runs))
     if not args.no_synth and not args.quick:
         print("synthesis (ECP5-85F, 100 MHz):", flush=True)
         figures["learning_overhead"] = overhead()

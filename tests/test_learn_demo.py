@@ -16,6 +16,7 @@ from neurofabric.host.learn_demo import (
     build_network,
     encode,
     predict,
+    training_curve,
 )
 from neurofabric.host.network import ValidationError
 
@@ -109,3 +110,23 @@ def test_quick_run_classifies_above_chance(quick_run):
     assert s["accuracy"] >= 0.5, s
     assert sum(s["neurons_per_class"]) + s["silent_neurons"] == QUICK.neurons
 
+
+
+def test_new_config_fields_are_validated():
+    with pytest.raises(ValidationError, match="inhibition must be 'pool' or 'wta'"):
+        LearnConfig(inhibition="lateral")
+    with pytest.raises(ValidationError, match="eval_theta must be 'trained' or 'none'"):
+        LearnConfig(eval_theta="zero")
+    with pytest.raises(ValidationError, match=r"k = 16 is out of range: allowed \[1, 15\]"):
+        LearnConfig(k=16)
+    with pytest.raises(ValidationError, match=r"rest_dtheta = 5000 is out of range"):
+        LearnConfig(rest_dtheta=5000)
+
+
+def test_training_curve_labels_each_block_from_the_window_before_it():
+    # neuron k answers class k; in the last block neuron 0 answers class 1 instead
+    y = np.array([0, 1] * 6)
+    counts = np.eye(2, dtype=np.int64)[y]
+    counts[10:] = counts[10:, ::-1]
+    curve = training_curve(counts, y, block=2, window=4)
+    assert curve == [(6, 1.0), (8, 1.0), (10, 1.0), (12, 0.0)]
