@@ -189,6 +189,7 @@ def main(argv=None):
                         "(default docs/stdp_window.png; none with --quick)")
     parser.add_argument("--quick", action="store_true", help="small core, no synthesis, a small learning run")
     parser.add_argument("--no-stdp", action="store_true", help="skip the learning runs from random weights")
+    parser.add_argument("--stdp-only", action="store_true", help="only the learning runs from random weights")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="learning seeds (default 0 1 2)")
     parser.add_argument("--scheduler", help="a Dask scheduler address for the learning runs")
     parser.add_argument("--runs", type=Path, help="append every learning run (JSON lines) to this file")
@@ -196,16 +197,17 @@ def main(argv=None):
     png = args.png if args.png is not None or args.quick else ROOT / "docs" / "stdp_window.png"
     core = (32, 32, 4) if args.quick else (NEURONS, AXONS, LANES)
     figures = {"core": list(core), "quick": args.quick}
-    print("throughput (Amaranth simulator):", flush=True)
-    figures["throughput"] = throughput(4, *core) if args.quick else throughput()
-    figures["weight_updates_per_cycle"] = figures["throughput"]["all"]["weight_updates_per_cycle"]
-    print("STDP window:", flush=True)
-    figures.update(window(png))
+    if not args.stdp_only:
+        print("throughput (Amaranth simulator):", flush=True)
+        figures["throughput"] = throughput(4, *core) if args.quick else throughput()
+        figures["weight_updates_per_cycle"] = figures["throughput"]["all"]["weight_updates_per_cycle"]
+        print("STDP window:", flush=True)
+        figures.update(window(png))
     if not args.no_stdp:
         seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
         print(f"learning from random weights (model, seeds {seeds}):", flush=True)
         figures.update(stdp_random_init(seeds, args.quick, args.scheduler, args.runs))
-    if not args.no_synth and not args.quick:
+    if not args.no_synth and not args.quick and not args.stdp_only:
         print("synthesis (ECP5-85F, 100 MHz):", flush=True)
         figures["learning_overhead"] = overhead()
     text = json.dumps(figures, indent=2)

@@ -51,7 +51,7 @@ from neurofabric.host.compiler import STATE_WORDS
 from neurofabric.host.encoding import bernoulli_encode
 from neurofabric.host.network import LIF, STDP, Network, ValidationError
 
-__all__ = ["LearnConfig", "QUICK", "RANDOM", "RANDOM_QUICK", "sweep_run", "build_network", "encode", "run_learn_demo", "format_learn_summary",
+__all__ = ["LearnConfig", "QUICK", "RANDOM", "RANDOM_QUICK", "default_config", "sweep_run", "build_network", "encode", "run_learn_demo", "format_learn_summary",
            "assign_labels", "predict", "training_curve"]
 
 
@@ -148,7 +148,7 @@ QUICK = LearnConfig(neurons=20, train_limit=200, label_limit=200, test_limit=100
 RANDOM = LearnConfig(init="uniform", inhibition="wta", k=1, rest_normalise=True, learn_after=0, bias=0, steps=40,
                      eval_steps=100, eval_theta="none", max_rate=0.25, threshold=3200, dv=205, theta_plus=160,
                      dtheta=1, a_plus=1, a_minus=0, shift=4, pre_increment=16, post_increment=16, tau_pre=10.0,
-                     tau_post=10.0, weight_total=3200, epochs=2)
+                     tau_post=10.0, weight_total=3200, epochs=3)
 #: :data:`RANDOM` small enough for the test suite: 20 neurons, 200 training images, 100 test images
 RANDOM_QUICK = replace(RANDOM, neurons=20, train_limit=200, label_limit=200, test_limit=100, epochs=1, eval_steps=40)
 
@@ -370,7 +370,7 @@ def _plot_curve(path, curve, test_accuracy, off_accuracy=None):
 
     fig, ax = plt.subplots(figsize=(5.6, 3.4))
     if curve:
-        ax.plot(*zip(*curve), "o-", label="training images, labels from the 400 before")
+        ax.plot(*zip(*curve), "o-", label="next training images, labels from the ones before")
     ax.axhline(test_accuracy, color="C1", label=f"test after training: {test_accuracy:.3f}")
     if off_accuracy is not None:
         ax.axhline(off_accuracy, color="0.5", linestyle="--", label=f"learning off: {off_accuracy:.3f}")
@@ -409,10 +409,10 @@ def _plot_fields(path, w, labels, cfg, title="learned receptive fields (title: a
 def run_learn_demo(device="model", out_dir="build/learn_demo", config=None, quick=False, progress=None,
                    log=None, device_options=None):
     """Train, label and test on `device`; returns the summary dict (also ``summary.json``).
-    `config`: a :class:`LearnConfig` (default: ``LearnConfig()``, or :data:`QUICK` if `quick`)."""
+    `config`: a :class:`LearnConfig`; by default :func:`default_config` of the device."""
     from neurofabric.host.demo import load_data
 
-    cfg = config if config is not None else (QUICK if quick else LearnConfig())
+    cfg = config if config is not None else default_config(device, quick)
     log = log or (lambda msg: print(msg, file=sys.stderr))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -514,7 +514,7 @@ def run_learn_demo(device="model", out_dir="build/learn_demo", config=None, quic
     _plot_fields(out_dir / "receptive_fields.png", w_learned, labels, cfg)
     _plot_fields(out_dir / "receptive_fields_initial.png", w_initial, np.full(cfg.neurons, -1), cfg,
                  "initial receptive fields")
-    curve = training_curve(train_counts, train_labels)
+    curve = training_curve(train_counts, train_labels, block=max(10, total // 20), window=min(400, total // 2))
     _plot_curve(out_dir / "training_accuracy.png", curve, accuracy)
     fields = w_learned.astype(np.float64)
     corr = np.corrcoef(fields.T) if cfg.neurons > 1 else np.ones((1, 1))
@@ -556,6 +556,16 @@ def format_learn_summary(s):
 def quick_config(**changes):
     """:data:`QUICK` with some fields changed."""
     return replace(QUICK, **changes)
+
+
+def default_config(device, quick=False):
+    """The demo's configuration on `device`: from uniform random weights with the core's
+    winner-take-all (:data:`RANDOM`, :data:`RANDOM_QUICK`) on the model, which has it; from
+    exemplar weights with the inhibitory pool (``LearnConfig()``, :data:`QUICK`) on the sim
+    device and boards, whose gateware does not have the winner-take-all yet."""
+    if device == "model":
+        return RANDOM_QUICK if quick else RANDOM
+    return QUICK if quick else LearnConfig()
 
 
 def sweep_run(seed=0, config="random", learning=True, **changes):

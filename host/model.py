@@ -313,6 +313,9 @@ WTA_K_MAX = 15
 #: fraction bits of the normalisation factor ``f = (total << NORM_FRACTION) // sum`` (16 bits wide)
 NORM_FRACTION = 12
 NORM_FACTOR_MAX = (1 << 16) - 1
+#: a neuron whose plastic weights sum to within ``total >> NORM_BAND_SHIFT`` of the target keeps
+#: them (stochastic rounding would otherwise jitter every column at every rest)
+NORM_BAND_SHIFT = 7
 #: the largest normalisation target (20 bits: 4096 axons x 127 < 2**20 - 1)
 NORM_TOTAL_MAX = (1 << 20) - 1
 
@@ -553,7 +556,8 @@ class ChipModel:
         ``f = min((total << 12) // sum, 65535)``, ``w = clip((w * f + r) >> 12)`` with ``r`` the
         low 12 bits of the neuron's lane LFSR stepped once per plastic synapse (members
         ascending, axons ascending): stochastic rounding, so the expected sum is the target.
-        A neuron whose plastic weights sum to <= 0 keeps them (its synapses still draw)."""
+        A neuron whose plastic weights sum to <= 0, or to within ``total >> 7`` of the target,
+        keeps them (its synapses still draw)."""
         lanes = self.shape.lanes
         neurons, axons = np.flatnonzero(s.norm_members), np.flatnonzero(s.plastic)
         if not neurons.size or not axons.size:
@@ -572,7 +576,7 @@ class ChipModel:
         draws = lfsr_at(s.lfsr, neuron_lanes, offsets)
         s.lfsr = lfsr_advance(s.lfsr, per_lane * axons.size)
         scaled = (block * factor + (draws & ((1 << NORM_FRACTION) - 1))) >> NORM_FRACTION
-        scaled = np.where(sums > 0, scaled, block)
+        scaled = np.where((sums > 0) & (np.abs(sums - s.norm_total) > s.norm_total >> NORM_BAND_SHIFT), scaled, block)
         s.weights[np.ix_(axons, neurons)] = np.clip(scaled, s.stdp.w_min, s.stdp.w_max)
 
     def set_routes(self, routes):

@@ -136,7 +136,7 @@ def test_normalisation_is_the_documented_integer_rule(seed):
     for n in np.flatnonzero(members):
         lane = n % 4
         s = int(w[plastic, n].sum())
-        f = min((total << 12) // s, 65535) if s > 0 else None
+        f = min((total << 12) // s, 65535) if s > 0 and abs(s - total) > total >> 7 else None
         for a in np.flatnonzero(plastic):
             r = int(lfsr_at([lfsr[lane]], np.array([0]), np.array([drawn[lane]]))[0])
             drawn[lane] += 1
@@ -156,9 +156,16 @@ def test_normalisation_reaches_the_target_on_average_and_keeps_a_sum_already_the
     w = m.weights(0)
     w[plastic, 0] = 0
     w[np.flatnonzero(plastic)[:20], 0] = 100     # exactly 2000: f = 4096, weights kept exactly
+    w[plastic, 1] = 0
+    w[np.flatnonzero(plastic)[:20], 1] = 100
+    w[np.flatnonzero(plastic)[20], 1] = 15       # 2015: within 2000 >> 7 = 15 of the target, kept
+    w[plastic, 2] = 0
+    w[np.flatnonzero(plastic)[:20], 2] = 100
+    w[np.flatnonzero(plastic)[20], 2] = 16       # 2016: beyond the band, scaled
     m.set_weights(0, w)
     m.rest()
-    assert np.array_equal(m.weights(0)[:, 0], w[:, 0])
+    assert np.array_equal(m.weights(0)[:, :2], w[:, :2])
+    assert not np.array_equal(m.weights(0)[:, 2], w[:, 2])
 
 
 def test_rest_clears_state_keeps_theta_weights_and_step_and_decays_theta_if_asked():
