@@ -886,9 +886,14 @@ class ChipModel:
         events = np.asarray(events if isinstance(events, np.ndarray) else list(events))
         if events.size == 0:
             return
-        events = check_array("events", events, (len(events), 2), 0, (1 << 32) - 1)
-        check_array("event core", events[:, 0], (len(events),), 0, self.shape.cores - 1)
-        check_array("event axon", events[:, 1], (len(events),), 0, self.shape.axons - 1)
+        fast = (events.dtype.kind in "iu" and events.ndim == 2 and events.shape[1] == 2 and events.min() >= 0
+                and events[:, 0].max() < self.shape.cores and events[:, 1].max() < self.shape.axons)
+        if fast:
+            events = events.astype(np.int64, copy=False)
+        else:
+            events = check_array("events", events, (len(events), 2), 0, (1 << 32) - 1)
+            check_array("event core", events[:, 0], (len(events),), 0, self.shape.cores - 1)
+            check_array("event axon", events[:, 1], (len(events),), 0, self.shape.axons - 1)
         queued = self._inputs.get(int(step))
         self._inputs[int(step)] = events if queued is None else np.concatenate([queued, events])
 
@@ -1013,12 +1018,14 @@ class ChipModel:
         losers = None
         if s.wta is not None and fired.any():
             fired, losers = self._winners(s, fired, v_new - effective)
-        v_after = (np.where(p["subtract"], _sat(v_new - effective), p["v_reset"]) if p["any_subtract"]
-                   else p["v_reset"])
-        s.v = np.where(fired, v_after, np.where(active, v_new, s.v))
-        s.refractory = np.where(fired, p["refractory"], np.where(active, 0, s.refractory - 1))
+        s.v = np.where(active, v_new, s.v)          # refractory neurons hold v
+        s.refractory = np.maximum(s.refractory - 1, 0)
         if fired.any():
-            s.theta = np.where(fired, np.minimum(s.theta + p["theta_plus"], STATE_MAX), s.theta)
+            v_after = (np.where(p["subtract"], _sat(v_new - effective), p["v_reset"]) if p["any_subtract"]
+                       else p["v_reset"])
+            s.v[fired] = v_after[fired]
+            s.refractory[fired] = p["refractory"][fired]
+            s.theta[fired] = np.minimum(s.theta[fired] + p["theta_plus"][fired], STATE_MAX)
         if losers is not None:
             w = s.wta
             s.v = np.where(losers, p["v_reset"] if w.reset else _sat(s.v - w.inhibit), s.v)
