@@ -11,6 +11,10 @@ Layout of the model mirrors the chip's memories, one set per core:
 - state ``u, v, refractory, theta`` per neuron, ``acc`` (this step's input) per neuron
 - STDP: ``pre_trace[a]``, ``post_trace[n]``, ``plastic[a]``, :class:`StdpConfig`, one LFSR per lane
 - routes: per source neuron a list of :class:`Route` (to a core's axon, or to the host)
+- a hard k-winner-take-all per core over a group of its neurons (:class:`WtaConfig`,
+  :meth:`ChipModel.set_wta`) and what the :meth:`ChipModel.rest` command does to a core
+  (:meth:`ChipModel.set_rest`: weight normalisation, adaptive threshold decay); Python-level
+  configuration until the address map declares them
 - the input encoder (chips built with ``encoder_channels > 0``): per channel a rate, a phase
   accumulator and a target (core, axon); a chip-wide enable, mode and LFSR
 
@@ -964,7 +968,7 @@ class ChipModel:
             counts = np.bincount(axons, minlength=len(s.weights))
             rows = np.flatnonzero(counts)
             block = s.weights[rows]
-            # int8 rows summed in int32: exact (fewer than 2**23 / 128 rows)
+            # int8 rows summed in int32: exact (at most 65 536 rows of |w| <= 128 stay below 2**31)
             total = (block.sum(axis=0, dtype=np.int32) if len(rows) == len(axons)
                      else counts[rows] @ block.astype(np.int64))
             s.acc = np.minimum(np.maximum(s.acc + total, ACC_MIN), ACC_MAX)
