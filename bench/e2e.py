@@ -40,7 +40,9 @@ link's traffic).
 
 Also: ``digits_accuracy`` (host/demo.py ``run_demo`` on the model, all 540 test images),
 ``model_agreement`` (the same demo on the sim device against the model, if the sim device runs)
-and ``stdp_accuracy`` (host/learn_demo.py ``run_learn_demo`` on the model, default settings).
+and ``stdp_accuracy`` (host/learn_demo.py ``run_learn_demo`` on the model, its default there:
+learning from uniform random weights with the core's winner-take-all, ``RANDOM``).
+``model_events_per_s`` and ``numpy_events_per_s``: the two rates of this run side by side.
 """
 
 import argparse

@@ -79,6 +79,9 @@ SATURATION_FREE_EVENTS = ACC_MAX // -WEIGHT_MIN
 WORD_MASK = (1 << 32) - 1
 _NO_EVENTS = np.zeros((0, 2), dtype=np.int64)
 _NO_SPIKES = np.zeros((0, 3), dtype=np.int64)
+_STEPS, _INPUT_EVENTS, _ROUTED_EVENTS, _SPIKES, _HOST_SPIKES = (
+    c.value for c in (Counter.STEPS, Counter.INPUT_EVENTS, Counter.ROUTED_EVENTS, Counter.SPIKES,
+                      Counter.HOST_SPIKES))
 
 
 class ModelError(ParameterError):
@@ -434,7 +437,7 @@ class ChipModel:
         self.route_entries = [Route()] * shape.route_entries
         self._pending = _NO_EVENTS  # events routed to the next step: (core, axon) rows
         self._inputs = {}           # step -> list of (core, axon) injected by the host
-        self.counters = {c: 0 for c in Counter}
+        self._counts = [0] * len(Counter)      # by Counter value (the step loop's cheap form)
         self._profile_cache = {}
         # the input encoder: channel memory and chip registers (docs/semantics.md, "Input encoder")
         e = shape.encoder_channels
@@ -456,6 +459,11 @@ class ChipModel:
     @route_entries.setter
     def route_entries(self, entries):
         self._route_entries = RouteTable(entries)
+
+    @property
+    def counters(self):
+        """The chip's event counters, {Counter: count} (a snapshot)."""
+        return {c: self._counts[c.value] for c in Counter}
 
     def _fresh_core(self):
         s = self.shape
@@ -930,8 +938,9 @@ class ChipModel:
             axons = events[events[:, 0] == core, 1] if len(self.cores) > 1 else events[:, 1]
             if axons.size:
                 self._integrate(s, axons)
-        self.counters[Counter.INPUT_EVENTS] += host_events
-        self.counters[Counter.ROUTED_EVENTS] += routed
+        counts = self._counts
+        counts[_INPUT_EVENTS] += host_events
+        counts[_ROUTED_EVENTS] += routed
         # (2) update, (3) learn
         spikes = []
         for s in self.cores:
@@ -941,21 +950,21 @@ class ChipModel:
             spikes.append(np.flatnonzero(fired))
         # (4) route, cores ascending, neurons ascending, each neuron's entries in table order
         sources = np.concatenate([core * self.shape.neurons + f for core, f in enumerate(spikes)])
-        self.counters[Counter.SPIKES] += len(sources)
+        counts[_SPIKES] += len(sources)
         out = _NO_SPIKES
         if sources.size:
-            counts = self.route_count[sources]
-            total = int(counts.sum())
+            fan_out = self.route_count[sources]
+            total = int(fan_out.sum())
             if total:
-                starts = np.repeat(self.route_base[sources] - np.cumsum(counts) + counts, counts)
+                starts = np.repeat(self.route_base[sources] - np.cumsum(fan_out) + fan_out, fan_out)
                 index = (starts + np.arange(total)) % self.shape.route_entries
                 is_host, targets = self.route_entries.arrays()
                 to_host = is_host[index]
                 self._pending = targets[index[~to_host]]
-                who = np.repeat(sources, counts)[to_host]
+                who = np.repeat(sources, fan_out)[to_host]
                 out = np.stack([np.full(len(who), t), who // self.shape.neurons, who % self.shape.neurons], axis=1)
-        self.counters[Counter.HOST_SPIKES] += len(out)
-        self.counters[Counter.STEPS] += 1
+        counts[_HOST_SPIKES] += len(out)
+        counts[_STEPS] += 1
         self.step_count += 1
         return out
 
@@ -1020,11 +1029,12 @@ class ChipModel:
         effective = p["threshold"] + s.theta
         fired = active & (v_new >= effective)
         losers = None
-        if s.wta is not None and fired.any():
+        any_fired = fired.any()
+        if s.wta is not None and any_fired:
             fired, losers = self._winners(s, fired, v_new - effective)
         s.v = np.where(active, v_new, s.v)          # refractory neurons hold v
         s.refractory = np.maximum(s.refractory - 1, 0)
-        if fired.any():
+        if any_fired:
             v_after = (np.where(p["subtract"], _sat(v_new - effective), p["v_reset"]) if p["any_subtract"]
                        else p["v_reset"])
             s.v[fired] = v_after[fired]
