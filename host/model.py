@@ -145,7 +145,9 @@ def _decay_kept(x, keep, kind):
         return x
     if kind == "full":
         return np.zeros_like(x)
-    return ((np.abs(x) * keep) >> DECAY_BITS) * np.sign(x)
+    scaled = x * keep
+    # >> floors; adding 4095 first to negative products makes it round toward zero
+    return (scaled + ((scaled < 0) * (DECAY_ONE - 1))) >> DECAY_BITS
 
 
 def lfsr_next(state):
@@ -906,8 +908,13 @@ class ChipModel:
             events = check_array("events", events, (len(events), 2), 0, (1 << 32) - 1)
             check_array("event core", events[:, 0], (len(events),), 0, self.shape.cores - 1)
             check_array("event axon", events[:, 1], (len(events),), 0, self.shape.axons - 1)
-        queued = self._inputs.get(int(step))
-        self._inputs[int(step)] = events if queued is None else np.concatenate([queued, events])
+        self._queue(int(step), events)
+
+    def _queue(self, step, events):
+        """Queue validated (E, 2) int64 (core, axon) rows for step `step` (no checks: callers
+        validate, as :meth:`inject` and the model backend do)."""
+        queued = self._inputs.get(step)
+        self._inputs[step] = events if queued is None else np.concatenate([queued, events])
 
     def run(self, steps):
         """Run `steps` time steps; return the host spikes as a list of (step, core, neuron)."""
@@ -1035,11 +1042,11 @@ class ChipModel:
         s.v = np.where(active, v_new, s.v)          # refractory neurons hold v
         s.refractory = np.maximum(s.refractory - 1, 0)
         if any_fired:
-            v_after = (np.where(p["subtract"], _sat(v_new - effective), p["v_reset"]) if p["any_subtract"]
-                       else p["v_reset"])
-            s.v[fired] = v_after[fired]
-            s.refractory[fired] = p["refractory"][fired]
-            s.theta[fired] = np.minimum(s.theta[fired] + p["theta_plus"][fired], STATE_MAX)
+            f = np.flatnonzero(fired)
+            s.v[f] = (np.where(p["subtract"][f], _sat(v_new[f] - effective[f]), p["v_reset"][f])
+                      if p["any_subtract"] else p["v_reset"][f])
+            s.refractory[f] = p["refractory"][f]
+            s.theta[f] = np.minimum(s.theta[f] + p["theta_plus"][f], STATE_MAX)
         if losers is not None:
             w = s.wta
             s.v = np.where(losers, p["v_reset"] if w.reset else _sat(s.v - w.inhibit), s.v)
