@@ -142,12 +142,13 @@ QUICK = LearnConfig(neurons=20, train_limit=200, label_limit=200, test_limit=100
 
 #: learning from uniform random weights (docs/learning.md, "From random weights"): the core's hard
 #: winner-take-all instead of the pool, potentiation only (normalisation is the depression),
-#: normalisation and threshold decay in the chip's rest command between images, a threshold of
-#: about 6 steps of a well-matched input, labelling and testing on longer presentations without
-#: the adaptive thresholds (model device only until the gateware has the winner-take-all)
+#: normalisation and threshold decay (2/4096 per image, none per step) in the chip's rest command
+#: between images, a threshold of about 6 steps of a well-matched input, labelling and testing
+#: on longer presentations without the adaptive thresholds (model device only until the
+#: gateware has the winner-take-all)
 RANDOM = LearnConfig(init="uniform", inhibition="wta", k=1, rest_normalise=True, learn_after=0, bias=0, steps=40,
                      eval_steps=100, eval_theta="none", max_rate=0.25, threshold=3200, dv=205, theta_plus=160,
-                     dtheta=1, a_plus=1, a_minus=0, shift=4, pre_increment=16, post_increment=16, tau_pre=10.0,
+                     dtheta=0, rest_dtheta=2, a_plus=1, a_minus=0, shift=4, pre_increment=16, post_increment=16, tau_pre=10.0,
                      tau_post=10.0, weight_total=3200, epochs=3)
 #: :data:`RANDOM` small enough for the test suite: 20 neurons, 200 training images, 100 test images
 RANDOM_QUICK = replace(RANDOM, neurons=20, train_limit=200, label_limit=200, test_limit=100, epochs=1, eval_steps=40)

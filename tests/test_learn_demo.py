@@ -108,9 +108,9 @@ def test_learning_happens_on_the_chip(quick_run):
 def test_quick_run_classifies_above_chance(quick_run):
     _, s = quick_run
     # chance is 10 %; this small configuration (20 neurons, 200 images, one epoch) measured
-    # 0.47 on its 100 test images (deterministic on the model); the bound leaves room for
+    # 0.60 on its 100 test images (deterministic on the model); the bound leaves room for
     # changes in rounding or encoders
-    assert s["accuracy"] >= 0.35, s
+    assert s["accuracy"] >= 0.45, s
     assert sum(s["neurons_per_class"]) + s["silent_neurons"] == RANDOM_QUICK.neurons
     # accuracy as training proceeds: a point per block of 10 images after the first 100
     curve = s["training_curve"]
