@@ -11,6 +11,10 @@ Layout of the model mirrors the chip's memories, one set per core:
 - state ``u, v, refractory, theta`` per neuron, ``acc`` (this step's input) per neuron
 - STDP: ``pre_trace[a]``, ``post_trace[n]``, ``plastic[a]``, :class:`StdpConfig`, one LFSR per lane
 - routes: per source neuron a list of :class:`Route` (to a core's axon, or to the host)
+- a hard k-winner-take-all per core over a group of its neurons (:class:`WtaConfig`,
+  :meth:`ChipModel.set_wta`) and what the :meth:`ChipModel.rest` command does to a core
+  (:meth:`ChipModel.set_rest`: weight normalisation, adaptive threshold decay); Python-level
+  configuration until the address map declares them
 - the input encoder (chips built with ``encoder_channels > 0``): per channel a rate, a phase
   accumulator and a target (core, axon); a chip-wide enable, mode and LFSR
 
@@ -60,9 +64,9 @@ from neurofabric.hdl.protocol import (
 )
 
 __all__ = [
-    "ChipShape", "NeuronProfile", "StdpConfig", "Route", "ChipModel", "ModelError",
+    "ChipShape", "NeuronProfile", "StdpConfig", "WtaConfig", "Route", "ChipModel", "ModelError",
     "saturate", "decay", "lfsr_next", "lfsr_seed", "lfsr_draws", "encoder_lfsr_seed", "encoder_draws",
-    "encoder_spikes",
+    "encoder_spikes", "stdp_window",
 ]
 
 STATE_MIN, STATE_MAX = signed_range(STATE_BITS)
@@ -73,6 +77,11 @@ ROUTE_COUNT_MAX = 255
 #: events per core per step below which |acc| cannot reach the 24-bit bound (65535 * 128 < 2**23)
 SATURATION_FREE_EVENTS = ACC_MAX // -WEIGHT_MIN
 WORD_MASK = (1 << 32) - 1
+_NO_EVENTS = np.zeros((0, 2), dtype=np.int64)
+_NO_SPIKES = np.zeros((0, 3), dtype=np.int64)
+_STEPS, _INPUT_EVENTS, _ROUTED_EVENTS, _SPIKES, _HOST_SPIKES = (
+    c.value for c in (Counter.STEPS, Counter.INPUT_EVENTS, Counter.ROUTED_EVENTS, Counter.SPIKES,
+                      Counter.HOST_SPIKES))
 
 
 class ModelError(ParameterError):
@@ -122,6 +131,23 @@ def decay(x, d):
     x = np.asarray(x, dtype=np.int64)
     magnitude = (np.abs(x) * (DECAY_ONE - np.asarray(d, dtype=np.int64))) >> DECAY_BITS
     return np.where(x < 0, -magnitude, magnitude)
+
+
+def _sat(x):
+    """:func:`saturate` to the 24-bit state range (the model's hot path)."""
+    return np.minimum(np.maximum(x, STATE_MIN), STATE_MAX)
+
+
+def _decay_kept(x, keep, kind):
+    """:func:`decay` with ``keep = 4096 - d`` given; `kind` "none" (every d = 0), "full" (every
+    d = 4096) or "some" skips the arithmetic where it cannot change anything."""
+    if kind == "none":
+        return x
+    if kind == "full":
+        return np.zeros_like(x)
+    scaled = x * keep
+    # >> floors; adding 4095 first to negative products makes it round toward zero
+    return (scaled + ((scaled < 0) * (DECAY_ONE - 1))) >> DECAY_BITS
 
 
 def lfsr_next(state):
@@ -198,14 +224,17 @@ def _encoder_step_matrix():
 
 
 @functools.cache
-def _encoder_jump_matrices(count):
-    """(count, 32, 32): the encoder LFSR's state after 1 .. count draws, as GF(2) matrices (a
-    chip asks for one count, its channel count)."""
+def _encoder_jump_images(count):
+    """(count, 32): the encoder LFSR's state after 1 .. count draws from each one-bit state
+    (column b: the state 1 << b jumped), as integers: the LFSR is linear over GF(2), so the state
+    after j draws from s is the XOR of the images of s's set bits (a chip asks for one count,
+    its channel count)."""
     step = _encoder_step_matrix()
-    jumps = [step]
-    for _ in range(count - 1):
-        jumps.append(step @ jumps[-1] % 2)
-    return np.stack(jumps)
+    jumps, matrix = [], step
+    for _ in range(count):
+        jumps.append(matrix)
+        matrix = step @ matrix % 2
+    return np.stack(jumps).transpose(0, 2, 1) @ _ENCODER_BIT_WEIGHTS
 
 
 _ENCODER_BIT_WEIGHTS = 1 << np.arange(ENCODER_LFSR_BITS, dtype=np.int64)
@@ -214,11 +243,12 @@ _ENCODER_BIT_WEIGHTS = 1 << np.arange(ENCODER_LFSR_BITS, dtype=np.int64)
 def encoder_draws(lfsr, count):
     """The encoder's next `count` Bernoulli draws from LFSR state `lfsr` and the state after
     them: each draw is the top :data:`ENCODER_DRAW_BITS` bits of the state after
-    :data:`ENCODER_LFSR_STEPS` more LFSR steps (vectorised: one GF(2) matrix per draw)."""
+    :data:`ENCODER_LFSR_STEPS` more LFSR steps (vectorised: the XOR of the jumped images of the
+    state's set bits)."""
     if count == 0:
         return np.zeros(0, dtype=np.int64), int(lfsr)
-    bits = (int(lfsr) >> np.arange(ENCODER_LFSR_BITS)) & 1
-    states = (_encoder_jump_matrices(count) @ bits % 2) @ _ENCODER_BIT_WEIGHTS
+    bits = np.flatnonzero((int(lfsr) >> np.arange(ENCODER_LFSR_BITS)) & 1)
+    states = np.bitwise_xor.reduce(_encoder_jump_images(count)[:, bits], axis=1)
     return states >> (ENCODER_LFSR_BITS - ENCODER_DRAW_BITS), int(states[-1])
 
 
@@ -287,12 +317,79 @@ class StdpConfig:
         check_int("seed", self.seed, 0, (1 << LFSR_BITS) - 1)
 
 
+#: the largest k of a k-winner-take-all (4 bits: the core keeps the k best margins in registers)
+WTA_K_MAX = 15
+#: fraction bits of the normalisation factor ``f = (total << NORM_FRACTION) // sum`` (16 bits wide)
+NORM_FRACTION = 12
+NORM_FACTOR_MAX = (1 << 16) - 1
+#: a neuron whose plastic weights sum to within ``total >> NORM_BAND_SHIFT`` of the target keeps
+#: them (stochastic rounding would otherwise jitter every column at every rest)
+NORM_BAND_SHIFT = 7
+#: the largest normalisation target (20 bits: 4096 axons x 127 < 2**20 - 1)
+NORM_TOTAL_MAX = (1 << 20) - 1
+
+
+@dataclass(frozen=True)
+class WtaConfig:
+    """A hard k-winner-take-all over a group of a core's neurons (docs/semantics.md,
+    "Winner-take-all"): in a step in which members reach threshold, only the `k` with the
+    largest margin fire; every other member loses: ``v = v_reset`` (`reset`) or ``v -= inhibit``,
+    and it is held (its refractory counter raised to `hold`) for `hold` steps."""
+    k: int = 1                  #: winners per step, 1 .. WTA_K_MAX
+    reset: bool = True          #: losers' v: their profile's v_reset (True) or v - inhibit (False)
+    inhibit: int = 0            #: subtracted from the losers' v when not `reset`
+    hold: int = 0               #: steps the losers stay held (refractory counter = max(it, hold))
+
+    def __post_init__(self):
+        check_int("k", self.k, 1, WTA_K_MAX)
+        if not isinstance(self.reset, bool):
+            raise ModelError(f"reset must be True or False, not {self.reset!r}")
+        check_int("inhibit", self.inhibit, 0, STATE_MAX)
+        check_int("hold", self.hold, 0, (1 << REFRACTORY_BITS) - 1)
+
+
+def stdp_window(config, dt):
+    """The STDP window as the chip computes it: the expected weight change (in weight LSBs) of
+    one pre/post pair ``dt = t_post - t_pre`` steps apart, from zero traces, reward 1
+    (docs/semantics.md, "The STDP window"). ``dt >= 0``: ``a_plus * x / 2**shift`` with ``x`` the
+    pre-trace after ``dt`` integer decays of ``pre_increment``; ``dt < 0``: ``-a_minus * y /
+    2**shift`` with ``y`` the post-trace after ``-dt`` decays of ``post_increment``. Each single
+    pair's dw is this value stochastically rounded: its floor or its ceiling."""
+    dt = int(dt)
+    amplitude, trace, rate = ((config.a_plus, config.pre_increment, config.pre_decay) if dt >= 0 else
+                              (-config.a_minus, config.post_increment, config.post_decay))
+    trace = min(trace, TRACE_MAX)
+    for _ in range(abs(dt)):
+        trace = int(decay(trace, rate))
+    return amplitude * trace / (1 << config.shift)
+
+
 @dataclass(frozen=True)
 class Route:
     """A destination of a source neuron's spikes: a core's axon, or the host (core/axon unused)."""
     core: int = 0
     axon: int = 0
     host: bool = False
+
+
+class RouteTable(list):
+    """The route entries (a list of :class:`Route`) with a cached array form for the router's
+    vectorised step: ``arrays()`` is (host flag, core, axon) per entry, rebuilt after any item
+    or slice assignment."""
+
+    def __init__(self, entries=()):
+        super().__init__(entries)
+        self._arrays = None
+
+    def __setitem__(self, index, value):
+        self._arrays = None
+        super().__setitem__(index, value)
+
+    def arrays(self):
+        if self._arrays is None:
+            table = np.array([(r.host, r.core, r.axon) for r in self], dtype=np.int64).reshape(-1, 3)
+            self._arrays = (table[:, 0].astype(bool), table[:, 1:])
+        return self._arrays
 
 
 @dataclass
@@ -315,6 +412,11 @@ class CoreState:
     learning: bool
     lfsr: list
     pre_event: np.ndarray = field(default=None)
+    wta: WtaConfig = None               #: the core's winner-take-all (None: off)
+    wta_members: np.ndarray = None      #: its group (bool per neuron)
+    norm_total: int = 0                 #: the rest command's normalisation target (0: off)
+    rest_theta_decay: int = 0           #: the rest command's adaptive threshold decay (0: off)
+    norm_members: np.ndarray = None     #: the neurons the rest command normalises and decays
 
 
 class ChipModel:
@@ -335,9 +437,9 @@ class ChipModel:
         self.route_base = np.zeros(shape.cores * shape.neurons, dtype=np.int64)
         self.route_count = np.zeros(shape.cores * shape.neurons, dtype=np.int64)
         self.route_entries = [Route()] * shape.route_entries
-        self._pending = []          # events routed to the next step: (core, axon)
+        self._pending = _NO_EVENTS  # events routed to the next step: (core, axon) rows
         self._inputs = {}           # step -> list of (core, axon) injected by the host
-        self.counters = {c: 0 for c in Counter}
+        self._counts = [0] * len(Counter)      # by Counter value (the step loop's cheap form)
         self._profile_cache = {}
         # the input encoder: channel memory and chip registers (docs/semantics.md, "Input encoder")
         e = shape.encoder_channels
@@ -351,17 +453,32 @@ class ChipModel:
         self.encoder_lfsr = encoder_lfsr_seed(1)
         self.encoder_steps = 0      # steps left before the encoder turns itself off (0: no limit)
 
+    @property
+    def route_entries(self):
+        """The flat route entry table (a :class:`RouteTable`); assigning any list replaces it."""
+        return self._route_entries
+
+    @route_entries.setter
+    def route_entries(self, entries):
+        self._route_entries = RouteTable(entries)
+
+    @property
+    def counters(self):
+        """The chip's event counters, {Counter: count} (a snapshot)."""
+        return {c: self._counts[c.value] for c in Counter}
+
     def _fresh_core(self):
         s = self.shape
         zeros_n = lambda: np.zeros(s.neurons, dtype=np.int64)  # noqa: E731
         return CoreState(
-            weights=np.zeros((s.axons, s.neurons), dtype=np.int64), weight_exp=0,
+            weights=np.zeros((s.axons, s.neurons), dtype=np.int8), weight_exp=0,
             bias=zeros_n(), profile=zeros_n(), profiles=[NeuronProfile()] * PROFILE_COUNT,
             u=zeros_n(), v=zeros_n(), refractory=zeros_n(), theta=zeros_n(), acc=zeros_n(),
             pre_trace=np.zeros(s.axons, dtype=np.int64), post_trace=zeros_n(),
             plastic=np.zeros(s.axons, dtype=bool), stdp=StdpConfig(), learning=False,
             lfsr=[lfsr_seed(StdpConfig().seed, lane) for lane in range(s.lanes)],
-            pre_event=np.zeros(s.axons, dtype=bool))
+            pre_event=np.zeros(s.axons, dtype=bool), wta_members=np.ones(s.neurons, dtype=bool),
+            norm_members=np.ones(s.neurons, dtype=bool))
 
     # --- configuration -----------------------------------------------------------------------
     def _core(self, core):
@@ -372,7 +489,7 @@ class ChipModel:
         state = self._core(core)
         w = check_array("weights", weights, (self.shape.axons, self.shape.neurons), WEIGHT_MIN, WEIGHT_MAX)
         state.weight_exp = check_int("weight_exp", weight_exp, 0, WEIGHT_EXP_MAX)
-        state.weights = w.copy()
+        state.weights = w.astype(np.int8)
 
     def set_profiles(self, core, profiles):
         """Up to PROFILE_COUNT NeuronProfiles for `core` (the rest keep the default)."""
@@ -404,6 +521,77 @@ class ChipModel:
         state.learning, state.plastic = config is not None, mask
         state.stdp = config or StdpConfig()
         state.lfsr = [lfsr_seed(state.stdp.seed, lane) for lane in range(self.shape.lanes)]
+
+    def set_wta(self, core, config, members=None):
+        """A hard k-winner-take-all on `core` (:class:`WtaConfig`; None turns it off) over the
+        neurons of `members` (a bool mask, default every neuron). Not in the memory map yet: a
+        Python-level configuration of the model (docs/semantics.md, "Winner-take-all")."""
+        state = self._core(core)
+        if config is not None and not isinstance(config, WtaConfig):
+            raise ModelError(f"config must be a WtaConfig or None, not {config!r}")
+        mask = np.ones(self.shape.neurons, dtype=bool) if members is None else check_array(
+            "members", members, (self.shape.neurons,), 0, 1).astype(bool)
+        state.wta, state.wta_members = config, mask
+
+    def set_rest(self, core, normalise=0, theta_decay=0, members=None):
+        """What the :meth:`rest` command does to `core`'s neurons of `members` (bool mask, default
+        every neuron), besides clearing their state: normalise each one's plastic input weights
+        to sum to `normalise` (0: off), and decay its adaptive threshold once by `theta_decay`
+        (fraction of 4096, rounding toward zero, as ``dtheta`` does every step; 0: off).
+        Python-level configuration of the model until the address map declares it
+        (docs/semantics.md, "Rest")."""
+        state = self._core(core)
+        normalise = check_int("normalise", normalise, 0, NORM_TOTAL_MAX)
+        theta_decay = check_int("theta_decay", theta_decay, 0, DECAY_ONE)
+        mask = np.ones(self.shape.neurons, dtype=bool) if members is None else check_array(
+            "members", members, (self.shape.neurons,), 0, 1).astype(bool)
+        state.norm_total, state.rest_theta_decay, state.norm_members = normalise, theta_decay, mask
+
+    def rest(self):
+        """The rest between two samples, one command for the whole chip: every core's u, v,
+        refractory counters, input accumulators and STDP traces go to 0 and the spikes in
+        flight are dropped; the weights, LFSRs, the encoder, the step counter and queued host
+        input are kept, and so are the adaptive thresholds, except that every core with a rest
+        configuration
+        decays the adaptive thresholds and normalises the plastic weights of its rest group
+        (:meth:`set_rest`)."""
+        for s in self.cores:
+            for name in ("u", "v", "refractory", "acc", "post_trace", "pre_trace"):
+                getattr(s, name)[:] = 0
+            s.pre_event[:] = False
+            if s.rest_theta_decay:
+                s.theta = np.where(s.norm_members, decay(s.theta, s.rest_theta_decay), s.theta)
+            if s.norm_total:
+                self._normalise(s)
+        self._pending = _NO_EVENTS
+
+    def _normalise(self, s):
+        """Scale each member neuron's plastic input weights toward the sum ``norm_total``:
+        ``f = min((total << 12) // sum, 65535)``, ``w = clip((w * f + r) >> 12)`` with ``r`` the
+        low 12 bits of the neuron's lane LFSR stepped once per plastic synapse (members
+        ascending, axons ascending): stochastic rounding, so the expected sum is the target.
+        A neuron whose plastic weights sum to <= 0, or to within ``total >> 7`` of the target,
+        keeps them (its synapses still draw)."""
+        lanes = self.shape.lanes
+        neurons, axons = np.flatnonzero(s.norm_members), np.flatnonzero(s.plastic)
+        if not neurons.size or not axons.size:
+            return
+        block = s.weights[np.ix_(axons, neurons)]
+        sums = block.sum(axis=0)
+        factor = np.where(sums > 0, np.minimum((s.norm_total << NORM_FRACTION) // np.maximum(sums, 1),
+                                               NORM_FACTOR_MAX), 1 << NORM_FRACTION)
+        neuron_lanes = neurons % lanes
+        rank = np.zeros(neurons.size, dtype=np.int64)
+        per_lane = np.zeros(lanes, dtype=np.int64)
+        for i, lane in enumerate(neuron_lanes.tolist()):
+            rank[i] = per_lane[lane]
+            per_lane[lane] += 1
+        offsets = (rank * axons.size)[None, :] + np.arange(axons.size)[:, None]
+        draws = lfsr_at(s.lfsr, neuron_lanes, offsets)
+        s.lfsr = lfsr_advance(s.lfsr, per_lane * axons.size)
+        scaled = (block * factor + (draws & ((1 << NORM_FRACTION) - 1))) >> NORM_FRACTION
+        scaled = np.where((sums > 0) & (np.abs(sums - s.norm_total) > s.norm_total >> NORM_BAND_SHIFT), scaled, block)
+        s.weights[np.ix_(axons, neurons)] = np.clip(scaled, s.stdp.w_min, s.stdp.w_max)
 
     def set_routes(self, routes):
         """Replace the route table: {(core, neuron): [Route, ...]}. Entries are laid out
@@ -491,7 +679,7 @@ class ChipModel:
         return {k: getattr(s, k).copy() for k in ("u", "v", "refractory", "theta", "pre_trace", "post_trace")}
 
     def weights(self, core):
-        return self._core(core).weights.copy()
+        return self._core(core).weights.astype(np.int64)
 
     def reset_state(self):
         """Zero the neuron state, traces, queued events and the step counter; keep configuration.
@@ -503,7 +691,7 @@ class ChipModel:
             s.pre_trace[:] = 0
             s.pre_event[:] = False
             s.lfsr = [lfsr_seed(s.stdp.seed, lane) for lane in range(self.shape.lanes)]
-        self._pending, self._inputs = [], {}
+        self._pending, self._inputs = _NO_EVENTS, {}
         self.step_count = 0
         self.encoder_lfsr = encoder_lfsr_seed(self.encoder_seed)
 
@@ -706,85 +894,119 @@ class ChipModel:
 
     # --- running -----------------------------------------------------------------------------
     def inject(self, step, events):
-        """Queue host events (an iterable of (core, axon)) for absolute time step `step`."""
+        """Queue host events (an iterable of (core, axon), or an (E, 2) integer array) for
+        absolute time step `step`."""
         check_int("step", step, self.step_count, (1 << 32) - 1)
-        checked = [(check_int("event core", c, 0, self.shape.cores - 1),
-                    check_int("event axon", a, 0, self.shape.axons - 1)) for c, a in events]
-        self._inputs.setdefault(int(step), []).extend(checked)
+        events = np.asarray(events if isinstance(events, np.ndarray) else list(events))
+        if events.size == 0:
+            return
+        fast = (events.dtype.kind in "iu" and events.ndim == 2 and events.shape[1] == 2 and events.min() >= 0
+                and events[:, 0].max() < self.shape.cores and events[:, 1].max() < self.shape.axons)
+        if fast:
+            events = events.astype(np.int64, copy=False)
+        else:
+            events = check_array("events", events, (len(events), 2), 0, (1 << 32) - 1)
+            check_array("event core", events[:, 0], (len(events),), 0, self.shape.cores - 1)
+            check_array("event axon", events[:, 1], (len(events),), 0, self.shape.axons - 1)
+        self._queue(int(step), events)
+
+    def _queue(self, step, events):
+        """Queue validated (E, 2) int64 (core, axon) rows for step `step` (no checks: callers
+        validate, as :meth:`inject` and the model backend do)."""
+        queued = self._inputs.get(step)
+        self._inputs[step] = events if queued is None else np.concatenate([queued, events])
 
     def run(self, steps):
         """Run `steps` time steps; return the host spikes as a list of (step, core, neuron)."""
+        return [tuple(row) for row in self.run_array(steps).tolist()]
+
+    def run_array(self, steps):
+        """:meth:`run`, with the host spikes as an (S, 3) int64 array of (step, core, neuron)."""
         check_int("steps", steps, 0, (1 << 32) - 1)
-        out = []
-        for _ in range(steps):
-            out.extend(self.step())
-        return out
+        out = [self._step() for _ in range(steps)]
+        return np.concatenate(out) if out else np.zeros((0, 3), dtype=np.int64)
 
     def step(self):
         """One time step; returns this step's host spikes as (step, core, neuron)."""
+        return [tuple(row) for row in self._step().tolist()]
+
+    def _step(self):
+        """One time step; returns this step's host spikes as an (S, 3) array."""
         t = self.step_count
-        routed = self._pending
-        host = self._inputs.pop(t, [])
+        host = self._inputs.pop(t, _NO_EVENTS)
         # routed spikes, then the encoder's channels in order, then host inputs (the order only
         # matters when an accumulator saturates; it is the hardware's arrival order)
-        events = routed + self._encode() + host
-        self._pending = []
+        events = np.concatenate([self._pending, self._encode(), host])
+        routed, host_events = len(self._pending), len(host)
+        self._pending = _NO_EVENTS
         # (1) integrate
-        for s in self.cores:
+        for core, s in enumerate(self.cores):
             s.pre_event[:] = False
-        by_core = [[] for _ in self.cores]
-        for core, axon in events:
-            by_core[core].append(axon)
-        for s, axons in zip(self.cores, by_core):
-            if not axons:
-                continue
-            s.pre_event[axons] = True
-            if len(axons) <= SATURATION_FREE_EVENTS:
-                # no partial sum can leave the accumulator's range: the saturating sequential
-                # sum equals the exact sum, whatever the order
-                counts = np.bincount(axons, minlength=self.shape.axons)
-                s.acc = np.clip(s.acc + counts @ s.weights, ACC_MIN, ACC_MAX)
-            else:
-                for axon in axons:
-                    s.acc = np.clip(s.acc + s.weights[axon], ACC_MIN, ACC_MAX)
-        self.counters[Counter.INPUT_EVENTS] += len(host)
-        self.counters[Counter.ROUTED_EVENTS] += len(routed)
+            axons = events[events[:, 0] == core, 1] if len(self.cores) > 1 else events[:, 1]
+            if axons.size:
+                self._integrate(s, axons)
+        counts = self._counts
+        counts[_INPUT_EVENTS] += host_events
+        counts[_ROUTED_EVENTS] += routed
         # (2) update, (3) learn
         spikes = []
         for s in self.cores:
             fired = self._update(s)
             if self.learning and s.learning:
                 self._learn(s, fired)
-            spikes.append(fired)
-        # (4) route
-        out = []
-        for core, fired in enumerate(spikes):
-            for neuron in np.flatnonzero(fired):
-                self.counters[Counter.SPIKES] += 1
-                for r in self.routes_of(core, int(neuron)):
-                    if r.host:
-                        out.append((t, core, int(neuron)))
-                    else:
-                        self._pending.append((r.core, r.axon))
-        self.counters[Counter.HOST_SPIKES] += len(out)
-        self.counters[Counter.STEPS] += 1
+            spikes.append(np.flatnonzero(fired))
+        # (4) route, cores ascending, neurons ascending, each neuron's entries in table order
+        sources = np.concatenate([core * self.shape.neurons + f for core, f in enumerate(spikes)])
+        counts[_SPIKES] += len(sources)
+        out = _NO_SPIKES
+        if sources.size:
+            fan_out = self.route_count[sources]
+            total = int(fan_out.sum())
+            if total:
+                starts = np.repeat(self.route_base[sources] - np.cumsum(fan_out) + fan_out, fan_out)
+                index = (starts + np.arange(total)) % self.shape.route_entries
+                is_host, targets = self.route_entries.arrays()
+                to_host = is_host[index]
+                self._pending = targets[index[~to_host]]
+                who = np.repeat(sources, fan_out)[to_host]
+                out = np.stack([np.full(len(who), t), who // self.shape.neurons, who % self.shape.neurons], axis=1)
+        counts[_HOST_SPIKES] += len(out)
+        counts[_STEPS] += 1
         self.step_count += 1
         return out
 
+    def _integrate(self, s, axons):
+        """Phase (1) for one core: add the weight row of every event (`axons`, arrival order)."""
+        s.pre_event[axons] = True
+        if len(axons) <= SATURATION_FREE_EVENTS:
+            # no partial sum can leave the accumulator's range: the saturating sequential sum
+            # equals the exact sum, whatever the order; gather only the rows with events
+            counts = np.bincount(axons, minlength=len(s.weights))
+            rows = np.flatnonzero(counts)
+            block = s.weights[rows]
+            # int8 rows summed in int32: exact (at most 65 536 rows of |w| <= 128 stay below 2**31)
+            total = (block.sum(axis=0, dtype=np.int32) if len(rows) == len(axons)
+                     else counts[rows] @ block.astype(np.int64))
+            s.acc = np.minimum(np.maximum(s.acc + total, ACC_MIN), ACC_MAX)
+        else:
+            for axon in axons:
+                s.acc = np.clip(s.acc + s.weights[axon], ACC_MIN, ACC_MAX)
+
     def _encode(self):
-        """The input encoder's events for this step, channel order, as (core, axon) pairs."""
+        """The input encoder's events for this step, channel order, as (core, axon) rows."""
         if not (self.encoder_enabled and self.shape.encoder_channels):
-            return []
+            return _NO_EVENTS
         fired, self.encoder_phase, self.encoder_lfsr = encoder_spikes(
             self.encoder_mode, self.encoder_rate, self.encoder_phase, self.encoder_lfsr)
         if self.encoder_steps:
             self.encoder_steps -= 1
             self.encoder_enabled = self.encoder_steps != 0
         channels = np.flatnonzero(fired)
-        return list(zip(self.encoder_core[channels].tolist(), self.encoder_axon[channels].tolist()))
+        return np.stack([self.encoder_core[channels], self.encoder_axon[channels]], axis=1)
 
     def _profile_arrays(self, s):
-        """Per-neuron parameter arrays from the profiles (cached until profiles or indices change)."""
+        """Per-neuron parameter arrays from the profiles (cached until profiles or indices change),
+        with ``keep_*`` = 4096 - decay and flags for decays that are all 0 or all 4096."""
         key = (tuple(s.profiles), s.profile.tobytes())
         cached = self._profile_cache.get(id(s))
         if cached is not None and cached[0] == key:
@@ -793,24 +1015,60 @@ class ChipModel:
         table = {f: np.array([getattr(p, f) for p in s.profiles], dtype=np.int64) for f in fields}
         table["subtract"] = np.array([p.reset_mode is ResetMode.SUBTRACT for p in s.profiles])
         arrays = {f: column[s.profile] for f, column in table.items()}
+        for name in ("du", "dv", "dtheta"):
+            arrays["keep_" + name] = DECAY_ONE - arrays[name]
+            arrays["all_" + name] = ("none" if not arrays[name].any() else
+                                     "full" if np.all(arrays[name] == DECAY_ONE) else "some")
+        arrays["any_subtract"] = bool(arrays["subtract"].any())
         self._profile_cache[id(s)] = (key, arrays)
         return arrays
 
     def _update(self, s):
-        """Phase (2) for one core: returns the boolean spike vector."""
+        """Phase (2) for one core: returns the boolean spike vector (after the winner-take-all,
+        if the core has one: :meth:`set_wta`)."""
         p = self._profile_arrays(s)
-        s.u = saturate(decay(s.u, p["du"]) + (s.acc << s.weight_exp), STATE_BITS)
-        s.acc[:] = 0
-        s.theta = decay(s.theta, p["dtheta"])
+        drive = s.acc << s.weight_exp
+        s.u = _sat(drive if p["all_du"] == "full" else _decay_kept(s.u, p["keep_du"], p["all_du"]) + drive)
+        s.acc = np.zeros_like(s.acc)
+        s.theta = _decay_kept(s.theta, p["keep_dtheta"], p["all_dtheta"])
         active = s.refractory == 0
-        v_new = saturate(decay(s.v, p["dv"]) + s.u + s.bias, STATE_BITS)
+        v_new = _sat(_decay_kept(s.v, p["keep_dv"], p["all_dv"]) + s.u + s.bias)
         effective = p["threshold"] + s.theta
         fired = active & (v_new >= effective)
-        v_after = np.where(p["subtract"], saturate(v_new - effective, STATE_BITS), p["v_reset"])
-        s.v = np.where(fired, v_after, np.where(active, v_new, s.v))
-        s.refractory = np.where(fired, p["refractory"], np.where(active, 0, s.refractory - 1))
-        s.theta = np.where(fired, np.minimum(s.theta + p["theta_plus"], STATE_MAX), s.theta)
+        losers = None
+        any_fired = fired.any()
+        if s.wta is not None and any_fired:
+            fired, losers = self._winners(s, fired, v_new - effective)
+        s.v = np.where(active, v_new, s.v)          # refractory neurons hold v
+        s.refractory = np.maximum(s.refractory - 1, 0)
+        if any_fired:
+            f = np.flatnonzero(fired)
+            s.v[f] = (np.where(p["subtract"][f], _sat(v_new[f] - effective[f]), p["v_reset"][f])
+                      if p["any_subtract"] else p["v_reset"][f])
+            s.refractory[f] = p["refractory"][f]
+            s.theta[f] = np.minimum(s.theta[f] + p["theta_plus"][f], STATE_MAX)
+        if losers is not None:
+            w = s.wta
+            s.v = np.where(losers, p["v_reset"] if w.reset else _sat(s.v - w.inhibit), s.v)
+            s.refractory = np.where(losers, np.maximum(s.refractory, w.hold), s.refractory)
         return fired
+
+    @staticmethod
+    def _winners(s, fired, margin):
+        """The k-winner-take-all of a core (docs/semantics.md, "Winner-take-all"): of the group
+        members that reached threshold, the `k` with the largest margin ``v' - threshold -
+        theta`` fire (equal margins: the lower neuron index first); if any member fires, every
+        other member loses. Returns (fired, losers)."""
+        w, members = s.wta, s.wta_members
+        candidates = np.flatnonzero(fired & members)
+        if not candidates.size:
+            return fired, None
+        if candidates.size > w.k:
+            # stable sort on -margin keeps ascending index order among equal margins
+            order = np.argsort(-margin[candidates], kind="stable")
+            fired = fired.copy()
+            fired[candidates[order[w.k:]]] = False
+        return fired, members & ~fired
 
     def _learn(self, s, fired):
         """Phase (3) for one core (docs/semantics.md, "Learning").

@@ -78,14 +78,14 @@ class ModelBackend(Backend):
             bad = (events[:, column] < 0) | (events[:, column] > hi)
             if np.any(bad):
                 raise ValueError(f"event {name} {int(events[bad][0, column])} is out of range: allowed [0, {hi}]")
+        # validated above: queue each step's (core, axon) rows as they are
         bounds = np.flatnonzero(np.diff(steps)) + 1
         for group in np.split(events, bounds):
-            self.model.inject(int(group[0, 0]), [(int(c), int(a)) for c, a in group[:, 1:]])
+            self.model._queue(int(group[0, 0]), group[:, 1:])
 
     def run(self, steps):
         self._check_open()
-        out = self.model.run(steps)
-        return np.array(out, dtype=np.int64).reshape(-1, 3)
+        return self.model.run_array(steps)
 
     def close(self):
         self._closed = True

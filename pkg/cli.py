@@ -5,8 +5,9 @@
   network and run it; prints spike counts and the chip's counters.
 - ``neurofabric demo [--device D] [--steps T] [--out DIR]``: the digits demo (demos/digits.py).
 - ``neurofabric demo --learn [--quick] [--device D] [--out DIR]``: unsupervised STDP learning of
-  the digits on the chip (demos/learning.py; the Verilator sim device by default, ``--device model``
-  learns the same weights about 6x faster).
+  the digits (demos/learning.py; the Verilator sim device by default). ``--device model`` learns
+  from uniform random weights with the model's k-winner-take-all and rest-time normalisation; the
+  sim device and boards, whose gateware has no winner-take-all yet, keep the exemplar start.
 - ``neurofabric sim-server ...``: start the Verilator sim device (neurofabric.sim.device); it
   prints ``port N`` (connect to ``socket://127.0.0.1:N``).
 - ``neurofabric build --board NAME [...]``, ``neurofabric program --board NAME``,

@@ -9,13 +9,14 @@ import pytest
 
 from neurofabric.cli import main
 from neurofabric.demos.learning import (
-    QUICK,
+    RANDOM_QUICK,
     LearnConfig,
     _normalised,
     assign_labels,
     build_network,
     encode,
     predict,
+    training_curve,
 )
 from neurofabric.host.network import ValidationError
 
@@ -83,20 +84,22 @@ def quick_run(tmp_path_factory):
 def test_learning_happens_on_the_chip(quick_run):
     out, s = quick_run
     assert s["build"] == "model"
-    assert (out / "receptive_fields.png").stat().st_size > 1000
-    assert s["config"] == asdict(QUICK)
+    for png in ("receptive_fields.png", "receptive_fields_initial.png", "training_accuracy.png"):
+        assert (out / png).stat().st_size > 1000, png
+    # on the model the demo learns from uniform random weights with the core's winner-take-all
+    assert s["config"] == asdict(RANDOM_QUICK)
     data = np.load(out / "weights.npz")
     initial, learned = data["initial"], data["learned"]
-    # the initial weights are already normalised (normalising them again changes nothing), so
-    # every change comes from STDP on the chip (then rescaled by the normalisation): most
-    # weights moved, by about 13 % of the mean weight in this run
-    assert np.array_equal(_normalised(initial, QUICK, np.random.default_rng(0)), initial)
+    # the initial weights are uniform random, already normalised (normalising them again
+    # changes nothing), so every change comes from STDP on the chip and the chip's own
+    # normalisation at rest: most weights moved
+    assert np.array_equal(_normalised(initial, RANDOM_QUICK, np.random.default_rng(0)), initial)
     assert s["weights_changed_fraction"] > 0.5
     assert np.abs(learned - initial).mean() > 0.05 * initial.mean()
     # the neurons learned different receptive fields: no two columns are equal, and they are
     # far from all alike
     cols = {tuple(c) for c in learned.T}
-    assert len(cols) == QUICK.neurons
+    assert len(cols) == RANDOM_QUICK.neurons
     assert s["mean_field_correlation"] < 0.9
     # homeostasis: the adaptive thresholds grew and were kept across images
     assert s["theta_mean"] > 0
@@ -104,8 +107,33 @@ def test_learning_happens_on_the_chip(quick_run):
 
 def test_quick_run_classifies_above_chance(quick_run):
     _, s = quick_run
-    # chance is 10 %; this configuration measured 0.71 on its 100 test images (deterministic
-    # on the model); 0.5 leaves room for changes in the model's rounding or encoders
-    assert s["accuracy"] >= 0.5, s
-    assert sum(s["neurons_per_class"]) + s["silent_neurons"] == QUICK.neurons
+    # chance is 10 %; this small configuration (20 neurons, 200 images, one epoch) measured
+    # 0.60 on its 100 test images (deterministic on the model); the bound leaves room for
+    # changes in rounding or encoders
+    assert s["accuracy"] >= 0.45, s
+    assert sum(s["neurons_per_class"]) + s["silent_neurons"] == RANDOM_QUICK.neurons
+    # accuracy as training proceeds: a point per block of 10 images after the first 100
+    curve = s["training_curve"]
+    assert [n for n, _ in curve] == list(range(110, 201, 10))
+    assert np.mean([a for _, a in curve]) > 0.3
 
+
+
+def test_new_config_fields_are_validated():
+    with pytest.raises(ValidationError, match="inhibition must be 'pool' or 'wta'"):
+        LearnConfig(inhibition="lateral")
+    with pytest.raises(ValidationError, match="eval_theta must be 'trained' or 'none'"):
+        LearnConfig(eval_theta="zero")
+    with pytest.raises(ValidationError, match=r"k = 16 is out of range: allowed \[1, 15\]"):
+        LearnConfig(k=16)
+    with pytest.raises(ValidationError, match=r"rest_dtheta = 5000 is out of range"):
+        LearnConfig(rest_dtheta=5000)
+
+
+def test_training_curve_labels_each_block_from_the_window_before_it():
+    # neuron k answers class k; in the last block neuron 0 answers class 1 instead
+    y = np.array([0, 1] * 6)
+    counts = np.eye(2, dtype=np.int64)[y]
+    counts[10:] = counts[10:, ::-1]
+    curve = training_curve(counts, y, block=2, window=4)
+    assert curve == [(6, 1.0), (8, 1.0), (10, 1.0), (12, 0.0)]
