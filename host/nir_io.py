@@ -363,7 +363,7 @@ def _analyse(graph, dt, gain):
                 cur = ps[0]
             if ok and _kind(nodes[cur]) in _NEURON_NODES + ("Input",):
                 chains.append((cur, chain[::-1]))
-            elif ok:
+            elif ok and _kind(nodes[cur]) in supported:     # unsupported nodes are reported once, above
                 problems.append(f"node {name!r} receives from {cur!r} ({_kind(nodes[cur])}), which is not an Input "
                                 "or neuron node")
         return chains
@@ -704,7 +704,7 @@ def from_nir(graph, dt=1.0, reset=None, gain="nir", weight_exp=None, scale=None)
 def _structure(ops, factor):
     """The chain's operators in state units without biases (None when it is a plain dense chain):
     the factor goes into the last weight node if it is uniform, else into a trailing Scale."""
-    if not any(isinstance(op, (lowering.Conv, lowering.Pool)) for op in ops):
+    if not any(isinstance(op, (lowering.Conv, lowering.Pool, lowering.Flatten)) for op in ops):
         return None
     ops = [dataclasses.replace(op, bias=None) if isinstance(op, (lowering.Conv, lowering.Dense)) else op for op in ops]
     if np.allclose(factor, factor[0]):
@@ -771,7 +771,7 @@ def to_nir(network, dt=1.0, outputs=None, chip=None, compiled=None):
     Linear, Scale) when they reproduce those weights exactly, else as a dense Linear.
     Potentials are in chip state units, thresholds ``threshold - 0.5`` (NIR fires at
     ``v > v_threshold``, the chip at ``v >= threshold`` on integers).
-    Neuron kinds follow the parameters: ``du = dv = 4096`` without bias -> Threshold; a
+    Neuron kinds follow the parameters: ``du = dv = 4096`` -> Threshold (a bias on an Affine); a
     threshold of 2^23 - 1 (never fires) -> I, LI or CubaLI; else IF, LIF or CubaLIF.
     `outputs`: populations to expose as Output nodes (default: those without outgoing
     connections). The metadata says the potentials are in state units, so :func:`from_nir` reads
@@ -805,6 +805,8 @@ def to_nir(network, dt=1.0, outputs=None, chip=None, compiled=None):
             w = _export_weights(c, chip, compiled)
             carry = bias if (k == 0 and bias_as_affine and np.any(bias != 0)) else None
             chain = _export_chain(nir, c, w, syn_gain, carry, chip, compiled)
+            if len(shapes[c.pre]) > 1 and isinstance(chain[0], (nir.Linear, nir.Affine)):
+                chain.insert(0, nir.Flatten(input_type={"input": np.array(shapes[c.pre])}, start_dim=0, end_dim=-1))
             names = [f"{c.pre.name}->{p.name}"] + [f"{c.pre.name}->{p.name}#{i}" for i in range(1, len(chain))]
             for n, node_ in zip(names, chain):
                 nodes[n] = node_
@@ -847,8 +849,8 @@ def _neuron_node(nir, p, dt, shape):
     threshold = (n.threshold - 0.5) * ones
     v_reset = n.v_reset * ones
     silent = n.threshold == STATE_MAX
-    if du == DECAY_ONE and dv == DECAY_ONE and not np.any(bias) and not silent:
-        return nir.Threshold(threshold=threshold), 1.0, False
+    if du == DECAY_ONE and dv == DECAY_ONE and not silent:
+        return nir.Threshold(threshold=threshold), 1.0, True
     if du == DECAY_ONE:
         if dv == 0:
             node = nir.I(r=ones / dt) if silent else nir.IF(r=ones / dt, v_threshold=threshold, v_reset=v_reset)
@@ -881,14 +883,18 @@ def _quantised_structure(connection, weights, chip, compiled):
         return None
     if exps:
         step = float(1 << exps.pop())
+        # average pooling's 1/area multiplies the last weight node's values in the matrix
+        f = float(np.prod([1.0 / (op.kernel[0] * op.kernel[1]) for op in ops
+                           if isinstance(op, lowering.Pool) and op.average]))
         k = max(i for i, op in enumerate(ops) if isinstance(op, (lowering.Conv, lowering.Dense, lowering.Scale)))
         op = ops[k]
         if isinstance(op, lowering.Scale):
-            ops[k] = lowering.Scale(np.clip(np.round(op.scale / step), -128, 127) * step, op.in_shape)
+            ops[k] = lowering.Scale(np.clip(np.round(op.scale * f / step), -128, 127) * step / f, op.in_shape)
         else:
-            ops[k] = dataclasses.replace(op, weight=np.clip(np.round(op.weight / step), -128, 127) * step)
+            ops[k] = dataclasses.replace(op, weight=np.clip(np.round(op.weight * f / step), -128, 127) * step / f)
     matrix, _ = lowering.lower(ops, connection.pre.size)
-    return ops if np.array_equal(matrix, weights) else None
+    scale = float(np.abs(weights).max(initial=1.0))
+    return ops if np.allclose(matrix, weights, rtol=0, atol=1e-9 * scale) else None
 
 
 def _export_chain(nir, connection, weights, syn_gain, bias, chip, compiled):
