@@ -96,7 +96,7 @@ def _shift(images, rng):
     return img[np.arange(len(img))[:, None, None], rows, cols].reshape(len(img), -1)
 
 
-def train_cnn(x, y, channels=8, epochs=100, seed=0, lr=3e-3, weight_decay=1e-4, batch=32, augment=True, cache=True):
+def train_cnn(x, y, channels=8, epochs=150, seed=0, lr=3e-3, weight_decay=1e-4, batch=32, augment=True, cache=True):
     """Train the CNN with Adam (softmax cross-entropy, L2 `weight_decay`, the learning rate
     decayed to 0 on a cosine, half of each batch shifted by a pixel when `augment`) and return
     its params.
@@ -216,7 +216,7 @@ def memory_figures(report, network):
             "dense_over_kernel": dense / kernel if kernel else None}
 
 
-def run_conv_demo(device="sim", steps=16, channels=8, epochs=100, limit=None, compare=True, progress=None,
+def run_conv_demo(device="sim", steps=32, channels=8, epochs=150, limit=None, compare=True, progress=None,
                   log=None, seed=0, percentile=None, out_dir=None, device_options=None):
     """Run the whole demo; returns the summary dict (and writes ``summary.json`` and the NIR graph
     ``conv_digits.nir`` into `out_dir` if given). `compare`: on a non-model device, run every
