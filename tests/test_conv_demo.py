@@ -71,3 +71,14 @@ def test_conv_demo_on_the_sim_device_matches_the_model(cache):
                       log=lambda m: None, device_options={"shape": sim_shape()})
     assert s["build"] != "model"
     assert s["model_agreement"] == 1.0 and s["mismatched_samples"] == []
+
+
+def test_spike_comparison_ignores_the_order_between_cores_within_a_step():
+    from types import SimpleNamespace
+
+    from neurofabric.host.conv_demo import _spikes
+    a = SimpleNamespace(raw=np.array([[10, 1, 3], [10, 0, 5], [11, 0, 1]]), start=10)
+    b = SimpleNamespace(raw=np.array([[20, 0, 5], [20, 1, 3], [21, 0, 1]]), start=20)
+    c = SimpleNamespace(raw=np.array([[20, 0, 5], [21, 1, 3], [21, 0, 1]]), start=20)   # a spike one step later
+    np.testing.assert_array_equal(_spikes(a), _spikes(b))
+    assert not np.array_equal(_spikes(a), _spikes(c))
