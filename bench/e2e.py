@@ -43,6 +43,14 @@ Also: ``digits_accuracy`` (demos/digits.py ``run_demo`` on the model, all 540 te
 and ``stdp_accuracy`` (demos/learning.py ``run_learn_demo`` on the model, its default there:
 learning from uniform random weights with the core's winner-take-all, ``RANDOM``).
 ``model_events_per_s`` and ``numpy_events_per_s``: the two rates of this run side by side.
+
+The convolutional digits demo (demos/conv.py ``run_conv_demo``, a NIR Conv2d + SumPool2d +
+Affine IF network on ``conv_shape()``): ``conv_digits_accuracy`` on the model (the 540 test
+images, or ``--conv-limit``), ``conv_model_agreement`` (share of samples with identical spikes on
+the sim device and the model, ``--conv-sim-timeout``), and its synaptic memory:
+``conv_kernel_words`` (every kernel and dense weight stored once, what a shared-weight mapping
+needs), ``conv_dense_words`` (the dense crossbar words the chip holds today) and
+``conv_synapses`` (non-zero synapses of the lowered network).
 """
 
 import argparse
@@ -292,9 +300,18 @@ def main(argv=None):
     parser.add_argument("--demo-sim-worker", help=argparse.SUPPRESS)
     parser.add_argument("--sim-timeout", type=float, default=300.0,
                         help="seconds allowed for building and running the sim device (default 300)")
+    parser.add_argument("--conv-limit", type=int, default=None, help="test images for the conv demo (default all)")
+    parser.add_argument("--conv-sim-timeout", type=float, default=3600.0,
+                        help="seconds allowed for the conv demo on the sim device (default 3600)")
+    parser.add_argument("--conv-sim-worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.no_sim, args.no_brian2, args.no_demos = min(args.steps, 100), True, True, True
+    if args.conv_sim_worker:
+        from neurofabric.demos.conv import run_conv_demo
+        run_conv_demo(device="sim", out_dir=args.conv_sim_worker, limit=args.conv_limit, progress=False,
+                      log=lambda m: None)
+        return 0
     if args.demo_sim_worker:
         from neurofabric.demos.digits import run_demo
         run_demo(device="sim", out_dir=args.demo_sim_worker, progress=False, log=lambda m: None)
@@ -407,6 +424,32 @@ def main(argv=None):
                     out["model_agreement_samples"] = s["samples"]
                 except Exception as e:
                     out["model_agreement"] = {"error": _error(e)}
+            log("conv digits demo on the model ...")
+            try:
+                from neurofabric.demos.conv import run_conv_demo
+                s = run_conv_demo(device="model", limit=args.conv_limit, progress=False, log=lambda m: None)
+                out["conv_digits_accuracy"] = s["accuracy"]
+                out["conv_kernel_words"] = s["memory"]["kernel_words"]
+                out["conv_dense_words"] = s["memory"]["dense_words"]
+                out["conv_synapses"] = s["memory"]["synapses"]
+                out["conv_digits_demo"] = {k: s[k] for k in ("samples", "steps", "channels", "percentile", "accuracy",
+                                                             "float_accuracy", "weight_exp", "chip_wall_s")}
+            except Exception as e:
+                out["conv_digits_accuracy"] = {"error": _error(e), "traceback": traceback.format_exc()[-1500:]}
+            if args.no_sim:
+                out["conv_model_agreement"] = "skipped (--no-sim)"
+            else:
+                log("conv digits demo on the sim device, against the model ...")
+                try:
+                    _worker(["--conv-sim-worker", f"{tmp}/conv_sim"]
+                            + ([] if args.conv_limit is None else ["--conv-limit", str(args.conv_limit)]),
+                            args.conv_sim_timeout, "the conv digits demo on the sim device")
+                    s = json.loads(Path(f"{tmp}/conv_sim/summary.json").read_text())
+                    out["conv_model_agreement"] = s["model_agreement"]
+                    out["conv_model_agreement_samples"] = s["samples"]
+                    out["conv_sim_accuracy"] = s["accuracy"]
+                except Exception as e:
+                    out["conv_model_agreement"] = {"error": _error(e)}
             log("STDP learning demo on the model ...")
             try:
                 s = run_learn_demo(device="model", out_dir=f"{tmp}/learn", progress=False, log=lambda m: None)

@@ -37,6 +37,7 @@ from neurofabric.hdl.protocol import (
     RouteKind,
     StdpField,
 )
+from neurofabric.host.lowering import kernel_words
 from neurofabric.host.model import NeuronProfile
 from neurofabric.host.network import (
     WEIGHT_MAX,
@@ -76,6 +77,8 @@ class ConnectionReport:
     zeroed: int                 #: non-zero weights that rounded to 0
     max_error: float            #: largest |w - quantised w| in state units
     rms_error: float
+    synapses: int = 0           #: non-zero weights (dense words: pre.size * post.size)
+    kernel_words: int | None = None     #: weights of its structure stored once (e.g. a conv kernel), if any
 
 
 @dataclass(frozen=True)
@@ -160,8 +163,11 @@ class CompiledNetwork:
                          f"{s.offset}..{s.offset + s.stop - s.start - 1}")
         for r in self.reports:
             c = r.connection
+            structure = "" if r.kernel_words is None else (
+                f"; from {' > '.join(type(op).__name__ for op in c.structure)}: {r.kernel_words} kernel words")
             lines.append(f"  {c.pre.name} -> {c.post.name}: weight_exp {list(r.weight_exp)} (scale {r.scale:g}), "
-                         f"clipped {r.clipped}, zeroed {r.zeroed}, max error {r.max_error:.3g}")
+                         f"clipped {r.clipped}, zeroed {r.zeroed}, max error {r.max_error:.3g}, "
+                         f"{r.synapses} of {c.weights.size} dense words non-zero{structure}")
         return "\n".join(lines)
 
 
@@ -323,7 +329,9 @@ def compile_network(network, info, record=None):
             weights[s.core][base:base + conn.pre.size, s.offset:s.offset + s.stop - s.start] = q
         err = np.concatenate(errors) if errors else np.zeros(1)
         reports.append(ConnectionReport(conn, tuple(exps), float(1 << max(exps)), clipped, zeroed,
-                                        float(np.abs(err).max(initial=0.0)), float(np.sqrt(np.mean(err ** 2)))))
+                                        float(np.abs(err).max(initial=0.0)), float(np.sqrt(np.mean(err ** 2))),
+                                        int(np.count_nonzero(conn.weights)),
+                                        None if conn.structure is None else kernel_words(conn.structure)))
 
     # --- routes -------------------------------------------------------------------------------
     recorded = frozenset(record)

@@ -255,6 +255,9 @@ class Connection:
     weights: np.ndarray = field(repr=False)
     plastic: STDP | None
     id: int
+    #: None, or the structured operators (:mod:`neurofabric.host.lowering`: convolution, pooling,
+    #: ...) whose lowering `weights` is, e.g. for a projection imported from a NIR Conv2d
+    structure: tuple | None = None
 
     def __repr__(self):
         return f"<connection {self.pre.name!r} -> {self.post.name!r}{' plastic' if self.plastic else ''}>"
@@ -304,9 +307,11 @@ class Network:
             raise ValidationError(f"{what} must be a population of this network, not {pop!r}", what, pop,
                                       tuple(self.populations))
 
-    def connect(self, pre, post, weights, plastic=None):
+    def connect(self, pre, post, weights, plastic=None, structure=None):
         """Connect `pre` to `post` with a dense (pre.size, post.size) `weights` array in state
-        units (a scalar fills the matrix). `plastic`: an :class:`STDP` to learn on chip."""
+        units (a scalar fills the matrix). `plastic`: an :class:`STDP` to learn on chip.
+        `structure`: optional sequence of :mod:`neurofabric.host.lowering` operators (a
+        convolution and its kernel, pooling, ...) whose lowering equals `weights`."""
         self._own(pre, "pre")
         self._own(post, "post")
         if post.is_input:
@@ -334,9 +339,31 @@ class Network:
             at = tuple(int(i) for i in np.argwhere(bad)[0])
             raise RangeError(f"weights[{at[0]}, {at[1]}] = {w[at]} is out of range: allowed [{-limit}, {limit}] "
                              "(int8 << weight_exp 15)", "weights", float(w[at]), (-limit, limit))
-        conn = Connection(pre, post, w.copy(), plastic, len(self.connections))
+        if structure is not None:
+            structure = _check_structure(structure, w)
+        conn = Connection(pre, post, w.copy(), plastic, len(self.connections), structure)
         self.connections.append(conn)
         return conn
+
+
+def _check_structure(structure, weights):
+    from neurofabric.host.lowering import lower
+    ops = tuple(structure)
+    if not ops or not all(hasattr(op, "apply") and hasattr(op, "out_shape") for op in ops):
+        raise ValidationError("structure must be a non-empty sequence of neurofabric.host.lowering operators, "
+                              f"not {structure!r}", "structure", structure)
+    try:
+        matrix, bias = lower(ops, weights.shape[0])
+    except ValueError as e:
+        raise ShapeError(f"structure does not apply to {weights.shape[0]} inputs: {e}", "structure",
+                         weights.shape[0]) from e
+    if matrix.shape != weights.shape or not np.allclose(matrix, weights, rtol=1e-9, atol=1e-9):
+        raise ValidationError(f"structure lowers to a {matrix.shape} matrix that differs from weights "
+                              f"{weights.shape}: give the operators in state units", "structure", structure)
+    if bias is not None:
+        raise ValidationError("structure must not carry a bias: put it into the population's bias",
+                              "structure", structure)
+    return ops
 
 
 def _check_int_array(name, values, shape, lo, hi):

@@ -228,3 +228,21 @@ def test_failed_load_changes_nothing():
         np.testing.assert_array_equal(chip.backend.read(MemorySpace.WEIGHT, 0, 0, 64), before)
         assert chip.compiled.network is good
         assert chip.run({inp: np.array([[True, False]])}, steps=2).spikes(pop).tolist() == [[0, 0], [0, 1]]
+
+
+def test_report_counts_synapses_and_conv_kernel_words():
+    from neurofabric.host import lowering
+    rng = np.random.default_rng(4)
+    kernel = rng.integers(-100, 100, (3, 1, 3, 3)).astype(np.float64)
+    conv = lowering.Conv.make(kernel, (1, 6, 6), stride=1, padding=1)
+    weights, _ = lowering.lower([conv], 36)
+    net = Network()
+    inp = net.input(36)
+    out = net.population(3 * 36, IF(500))
+    with pytest.raises(ValidationError, match="structure lowers to"):
+        net.connect(inp, out, weights=weights * 2, structure=[conv])
+    c = net.connect(inp, out, weights=weights, structure=[conv])
+    report = compile_network(net, info(cores=1, neurons=128, axons=64)).reports[0]
+    assert report.connection is c and report.kernel_words == 27
+    # every output position sees the kernel entries that fall inside the (zero-padded) image
+    assert report.synapses == int(np.count_nonzero(weights)) and 27 < report.synapses < weights.size
