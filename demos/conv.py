@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+from neurofabric.demos.digits import classify, load_data
 from neurofabric.host import lowering
 from neurofabric.host.chip import Chip
 from neurofabric.host.convert import ConvertedMLP, choose_percentile, normalise_mlp
-from neurofabric.demos.digits import classify, load_data
 from neurofabric.host.encoding import rate_encode
 from neurofabric.host.model_backend import ModelBackend
 from neurofabric.host.nir_io import from_nir

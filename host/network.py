@@ -351,18 +351,20 @@ def _check_structure(structure, weights):
     ops = tuple(structure)
     if not ops or not all(hasattr(op, "apply") and hasattr(op, "out_shape") for op in ops):
         raise ValidationError("structure must be a non-empty sequence of neurofabric.host.lowering operators, "
-                              f"not {structure!r}", "structure", structure)
+                              f"not {structure!r}", "structure", structure,
+                              "a non-empty sequence of lowering operators")
     try:
         matrix, bias = lower(ops, weights.shape[0])
     except ValueError as e:
         raise ShapeError(f"structure does not apply to {weights.shape[0]} inputs: {e}", "structure",
-                         weights.shape[0]) from e
+                         weights.shape[0], "operators whose input size is the pre population's") from e
     if matrix.shape != weights.shape or not np.allclose(matrix, weights, rtol=1e-9, atol=1e-9):
         raise ValidationError(f"structure lowers to a {matrix.shape} matrix that differs from weights "
-                              f"{weights.shape}: give the operators in state units", "structure", structure)
+                              f"{weights.shape}: give the operators in state units", "structure", structure,
+                              "operators that lower to exactly `weights`")
     if bias is not None:
         raise ValidationError("structure must not carry a bias: put it into the population's bias",
-                              "structure", structure)
+                              "structure", structure, "operators without a bias")
     return ops
 
 

@@ -8,9 +8,9 @@ import nir
 import numpy as np
 import pytest
 
-from neurofabric.host import lowering
 from neurofabric.demos.conv import cnn_forward, cnn_graph, run_conv_demo, train_cnn
 from neurofabric.demos.digits import load_data, sim_shape
+from neurofabric.host import lowering
 
 
 @pytest.fixture
