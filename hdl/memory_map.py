@@ -25,6 +25,7 @@ truncated: the host raises :class:`MemoryMapError` before a byte is sent, the mo
 before writing any word of it.
 """
 
+import functools
 from dataclasses import dataclass
 
 from amaranth.hdl import Module, Mux, Shape, Signal, signed, unsigned
@@ -61,8 +62,7 @@ from neurofabric.hdl.protocol import (
 
 __all__ = [
     "WORD_BITS", "ADDR_BITS", "MemoryMapError", "Field", "Word", "Block", "Order", "Space", "Location",
-    "MEMORY_MAP", "TraceField", "to_word", "to_int32", "space_of", "size", "locate", "check_access",
-    "check_word", "check_write", "WordChecker",
+    "MEMORY_MAP", "TraceField", "to_word", "to_int32", "space_of", "size", "locate", "WordChecker",
 ]
 
 WORD_BITS = 32      #: every memory word
@@ -151,7 +151,7 @@ class Word:
     def packed(cls, name, fields, **kwargs):
         return cls(name, dict(fields), **kwargs)
 
-    @property
+    @functools.cached_property
     def layout(self):
         """The word as an amaranth ``data.StructLayout`` (reserved bits as ``reserved``)."""
         members = {name: f.shape for name, f in self.fields.items()}
@@ -160,26 +160,35 @@ class Word:
             members["reserved"] = unsigned(WORD_BITS - used)
         return data.StructLayout(members)
 
-    def _items(self):
-        """(name, offset, width, signed, Field) of every field, reserved included (as a Field
-        allowing only 0)."""
+    @functools.cached_property
+    def items(self):
+        """(name, offset, width, signed, Field) of every field in bit order, the reserved bits
+        included (as a Field allowing only 0)."""
+        out = []
         for name, member in self.layout:
             field = self.fields.get(name) or Field(member.shape, (0, 0), label=f"{self.name} bits "
                                                    f"{WORD_BITS - 1}..{member.offset}")
             shape = Shape.cast(member.shape)
-            yield name, member.offset, shape.width, shape.signed, field
+            out.append((name, member.offset, shape.width, shape.signed, field))
+        return tuple(out)
 
-    def unpack(self, word):
-        """{field: value} of a 32-bit word (ints or numpy arrays); a value word's field is the
-        whole word read as a signed number."""
+    def _values(self, word):
+        """Every field's value (reserved included) of a word or an int64 array of words."""
         if self.extended:
             return {next(iter(self.fields)): self._value_of(word)}
         return {name: _field_value(word, offset, width, is_signed)
-                for name, offset, width, is_signed, _ in self._items() if name != "reserved"}
+                for name, offset, width, is_signed, _ in self.items}
+
+    def unpack(self, word):
+        """{field: value} of a 32-bit word (an int or an int64 numpy array); a value word's
+        field is the whole word read as a number."""
+        values = self._values(word)
+        values.pop("reserved", None)
+        return values
 
     def pack(self, **values):
         """The 32-bit word (int, or int64 numpy array) of the given field values (missing
-        fields are 0). Values are not checked: use :meth:`check`."""
+        fields are 0). Values are not checked: ``neurofabric.host.memory_map.check_write`` does."""
         if self.extended:
             (name,) = self.fields
             return values.get(name, 0) & ((1 << WORD_BITS) - 1)
@@ -187,35 +196,29 @@ class Word:
         if unknown:
             raise ValueError(f"{self.name} has no field {sorted(unknown)[0]!r}: fields are {list(self.fields)}")
         word = 0
-        for name, offset, width, _, _ in self._items():
+        for name, offset, width, _, _ in self.items:
             if name in values:
                 word = word | ((values[name] & ((1 << width) - 1)) << offset)
         return word
 
-    def bounds(self, chip, values):
-        """{field: (lo, hi)} for a word whose fields hold `values` (the ``when`` rules)."""
-        out = {}
-        for name, _, _, _, field in self._items():
-            lo_hi = field.bounds(chip)
-            if field.when is not None and values[field.when[0]] == field.when[1]:
-                lo_hi = field.when[2]
-            out[name] = lo_hi
-        return out
-
-    def check(self, chip, word, *, space=None, addr=None, error=MemoryMapError):
-        """The field values of `word` if every field is in range, else `error` naming the
-        first field out of range, its value and the allowed range."""
-        word = to_word(word)
-        values = {name: self._value_of(word) if self.extended else _field_value(word, offset, width, is_signed)
-                  for name, offset, width, is_signed, _ in self._items()}
-        for name, _, _, _, field in self._items():
-            lo, hi = self.bounds(chip, values)[name]
-            value = values[name]
-            if not lo <= value <= hi:
-                raise error(f"{field.label or name} = {value} is out of range: allowed [{lo}, {hi}]",
-                            field=field.label or name, value=value, allowed=(lo, hi), space=space, addr=addr)
-        values.pop("reserved", None)
-        return values
+    def first_error(self, chip, words):
+        """(index, label, value, (lo, hi)) of the first word of the numpy int64 array `words`
+        with a field out of range (its first such field), or None."""
+        values = self._values(words)
+        found = None
+        for name, _, _, _, field in self.items:
+            lo, hi = field.bounds(chip)
+            if field.when is not None:
+                other, match, (alt_lo, alt_hi) = field.when
+                alternative = values[other] == match
+                lo, hi = lo + (alt_lo - lo) * alternative, hi + (alt_hi - hi) * alternative
+            else:
+                lo, hi = lo + 0 * values[name], hi + 0 * values[name]
+            bad = ((values[name] < lo) | (values[name] > hi)).nonzero()[0]
+            if len(bad) and (found is None or bad[0] < found[0]):
+                i = int(bad[0])
+                found = (i, field.label or name, int(values[name][i]), (int(lo[i]), int(hi[i])))
+        return found
 
 
 class TraceField:
@@ -276,6 +279,24 @@ class Space:
                 return Location(block.key, addr, block.word)
             addr -= block.count(chip)
         raise IndexError(addr)
+
+    def split(self, chip, addr, offsets):
+        """The words at ``addr + offsets`` (`offsets`: a numpy integer array, 0 .. count - 1)
+        by block: a list of (Block, its offsets, their rows in the block)."""
+        out = []
+        if self.interleaved:
+            stride = len(self.blocks)
+            for index, block in enumerate(self.blocks):
+                mine = offsets[(addr + offsets) % stride == index]
+                out.append((block, mine, (addr + mine) // stride))
+            return out
+        start = 0
+        for block in self.blocks:
+            end = start + block.count(chip)
+            mine = offsets[(addr + offsets >= start) & (addr + offsets < end)]
+            out.append((block, mine, addr + mine - start))
+            start = end
+        return out
 
     def address(self, chip, key, row=0):
         """The address of row `row` of block `key`."""
@@ -392,7 +413,7 @@ MEMORY_MAP = {
 }
 
 
-# --- host-side access checks ---------------------------------------------------------------------
+# --- lookups (the checks of whole writes are neurofabric.host.memory_map's) ---------------------
 def space_of(space):
     """`space` as a MemorySpace (a member or its number), or :class:`MemoryMapError`."""
     if isinstance(space, MemorySpace):
@@ -415,76 +436,12 @@ def locate(space, chip, addr):
     return MEMORY_MAP[space_of(space)].locate(chip, addr)
 
 
-def _check_int(name, value, lo, hi, error):
-    if isinstance(value, bool) or not hasattr(value, "__index__"):
-        raise error(f"{name} must be an integer in [{lo}, {hi}], not {value!r}", field=name, value=value,
-                    allowed=(lo, hi))
-    if not lo <= int(value) <= hi:
-        raise error(f"{name} = {int(value)} is out of range: allowed [{lo}, {hi}]", field=name, value=int(value),
-                    allowed=(lo, hi))
-    return int(value)
-
-
-def check_access(space, chip, core, addr, count, *, error=MemoryMapError):
-    """Validate an access of `count` words of `space` of `core` from `addr` on; return the space."""
-    space = space_of(space)
-    words = MEMORY_MAP[space].size(chip)
-    _check_int("core", core, 0, chip.cores - 1, error)
-    _check_int("count", count, 0, words, error)
-    _check_int("addr", addr, 0, words - count, error)
-    return space
-
-
-def check_word(space, chip, addr, word, *, error=MemoryMapError):
-    """Validate one word written to `addr` of `space` (its address, writability, feature and
-    fields); return its field values. Rules between words are :func:`check_write`'s."""
-    space = check_access(space, chip, 0, addr, 1, error=error)
-    location = MEMORY_MAP[space].locate(chip, addr)
-    word_decl = location.word
-    if word_decl.read_only:
-        raise error(f"{space.name} address {addr} ({word_decl.name}) is read-only", field=word_decl.name,
-                    value=word, allowed=None, space=space, addr=addr)
-    if word_decl.requires is not None and not word_decl.requires(chip):
-        raise error(f"{word_decl.name}: {word_decl.requires_text}", field=word_decl.name, value=word,
-                    allowed=None, space=space, addr=addr)
-    return word_decl.check(chip, word, space=space, addr=addr, error=error)
-
-
-def check_write(space, chip, core, addr, words, *, stored=None, error=MemoryMapError):
-    """Validate a write of `words` to `space` of `core` from `addr` on, as the chip does:
-    every word (:func:`check_word`), then the space's :class:`Order` rules on the values after
-    the write (`stored(addr)` gives a stored word the write leaves alone; without it the rules
-    are checked only when the write holds both words). Returns the 32-bit words."""
-    words = [to_word(w) for w in words]
-    space = check_access(space, chip, core, addr, len(words), error=error)
-    for offset, word in enumerate(words):
-        check_word(space, chip, addr + offset, word, error=error)
-    decl = MEMORY_MAP[space]
-    for rule in decl.rules:
-        low_addr, high_addr = decl.address(chip, rule.low), decl.address(chip, rule.high)
-        values = {}
-        for key, at in ((rule.low, low_addr), (rule.high, high_addr)):
-            if addr <= at < addr + len(words):
-                values[key] = to_int32(words[at - addr])
-            elif stored is not None:
-                values[key] = to_int32(to_word(stored(at)))
-        touched = addr <= low_addr < addr + len(words) or addr <= high_addr < addr + len(words)
-        if touched and len(values) == 2 and values[rule.low] > values[rule.high]:
-            low_word = decl.locate(chip, low_addr).word
-            high_name = decl.locate(chip, high_addr).word.name
-            lo = low_word.fields[low_word.name].bounds(chip)[0]
-            raise error(f"{low_word.name} = {values[rule.low]} is out of range: allowed [{lo}, {values[rule.high]}] "
-                        f"({low_word.name} <= {high_name})", field=low_word.name, value=values[rule.low],
-                        allowed=(lo, values[rule.high]), space=space, addr=low_addr)
-    return words
-
-
 # --- gateware ------------------------------------------------------------------------------------
 class WordChecker(wiring.Component):
     """Combinational: ``ok`` is high when writing ``data`` to ``addr`` of ``space`` is allowed
     on a chip of `chip` (ChipShape): the address exists, the word is writable and every field
     of its layout is in range. Generated from :data:`MEMORY_MAP`, so it refuses exactly what
-    :func:`check_word` refuses. Rules between words (:class:`Order`) are the host link's."""
+    :func:`neurofabric.host.memory_map.check_word` refuses. Rules between words (:class:`Order`) are the host link's."""
 
     space: In(MemorySpace)
     addr: In(ADDR_BITS)
@@ -505,9 +462,9 @@ class WordChecker(wiring.Component):
             value = self.data.as_signed() if Shape.cast(field.shape).signed else self.data
             return (value >= lo) & (value <= hi)
         bits = {name: self.data[offset:offset + width].as_signed() if is_signed else self.data[offset:offset + width]
-                for name, offset, width, is_signed, _ in word_decl._items()}
+                for name, offset, width, is_signed, _ in word_decl.items}
         ok = 1
-        for name, _, _, _, field in word_decl._items():
+        for name, _, _, _, field in word_decl.items:
             value = bits[name]
             lo, hi = field.bounds(chip)
             in_range = (value >= lo) & (value <= hi)

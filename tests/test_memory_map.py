@@ -7,16 +7,7 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from neurofabric.hdl.memory_map import (
-    MEMORY_MAP,
-    MemoryMapError,
-    TraceField,
-    WordChecker,
-    check_word,
-    check_write,
-    locate,
-    size,
-)
+from neurofabric.hdl.memory_map import MEMORY_MAP, MemoryMapError, TraceField, WordChecker, locate, size
 from neurofabric.hdl.protocol import (
     ChipRegister,
     ChipShape,
@@ -29,6 +20,7 @@ from neurofabric.hdl.protocol import (
     StateField,
     StdpField,
 )
+from neurofabric.host.memory_map import check_word, check_write
 
 SHAPE = ChipShape(cores=3, neurons=8, axons=4, lanes=2, route_entries=12, encoder_channels=5)
 
