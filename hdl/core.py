@@ -157,7 +157,7 @@ class NeuronCore(CheckedComponent):
         m.submodules.memory_port = port = CoreMemoryPort(request_held=self.request_held)
         m.submodules.integrator = integrator = Integrator(
             self.neurons, self.axons, self.lanes, learning=self.learning)
-        m.submodules.sweep = sweep = UpdateSweep(self.neurons, self.lanes, learning=self.learning)
+        m.submodules.sweep = sweep = UpdateSweep(self.neurons, self.axons, self.lanes, learning=self.learning)
         parts = [integrator, sweep]
 
         wiring.connect(m, wiring.flipped(self.mem), port.mem)

@@ -12,10 +12,12 @@ the port ORs them into the response).
 from amaranth import Module, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
+from amaranth.utils import exact_log2
 
-from neurofabric.hdl.protocol import MemRequest
+from neurofabric.hdl.memory_map import MEMORY_MAP
+from neurofabric.hdl.protocol import ChipShape, MemRequest
 
-__all__ = ["CoreBus", "CoreMemoryPort", "MemorySignature", "pipeline_register", "space_hit"]
+__all__ = ["CoreBus", "CoreDecoder", "core_shape", "CoreMemoryPort", "MemorySignature", "pipeline_register"]
 
 
 class MemorySignature(wiring.Signature):
@@ -60,9 +62,48 @@ class CoreBus(wiring.Signature):
         return hash(type(self))
 
 
-def space_hit(request, space, size):
-    """The request names memory space `space` and an address below `size` in it."""
-    return (request.mem == space) & (request.addr < size)
+def core_shape(neurons, axons, lanes):
+    """The :class:`ChipShape` of a one-core chip with this core (for the memory map)."""
+    return ChipShape(cores=1, neurons=neurons, axons=axons, lanes=lanes)
+
+
+class CoreDecoder:
+    """Decodes the requests of a core of ChipShape `shape` (:func:`core_shape`) by
+    :data:`~neurofabric.hdl.memory_map.MEMORY_MAP`: the sizes of its spaces, the addresses of
+    its registers and records, and the layouts of their words."""
+
+    def __init__(self, request, shape):
+        self.request, self.shape = request, shape
+
+    def size(self, space):
+        """The number of words of `space` in the core."""
+        return MEMORY_MAP[space].size(self.shape)
+
+    def hit(self, space):
+        """The request names memory space `space` and an address inside it."""
+        return (self.request.mem == space) & (self.request.addr < self.size(space))
+
+    def address(self, space, key, row=0):
+        """The address of row `row` of block `key` of `space` (a register: row 0)."""
+        return MEMORY_MAP[space].address(self.shape, key, row)
+
+    def register_hit(self, space, key):
+        """The request names register `key` of the register file `space`."""
+        return (self.request.mem == space) & (self.request.addr == self.address(space, key))
+
+    def record(self, space):
+        """(row, field index) of the request's address in a space of interleaved records (a
+        power-of-two number of words each): the field index is compared with
+        :meth:`address` ``(space, key)``."""
+        bits = exact_log2(len(MEMORY_MAP[space].blocks))
+        return self.request.addr >> bits, self.request.addr[:bits]
+
+    def word(self, space, key=None):
+        """The request's data as a view of the layout of block `key` (default: the only block)
+        of `space`."""
+        blocks = MEMORY_MAP[space].blocks
+        (block,) = [b for b in blocks if key is None or b.key == key]
+        return block.word.layout(self.request.data)
 
 
 def pipeline_register(m, name, value, shape=None):

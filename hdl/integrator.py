@@ -14,7 +14,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
-from neurofabric.hdl.core_memory import CoreBus, space_hit
+from neurofabric.hdl.core_memory import CoreBus, CoreDecoder, core_shape
 from neurofabric.hdl.protocol import ACC_BITS, WEIGHT_BITS, MemorySpace, signed_range
 
 __all__ = ["AccumulatorPort", "AcceptedEvent", "Integrator", "WeightUpdatePort", "HAZARD_WINDOW",
@@ -147,6 +147,7 @@ class Integrator(wiring.Component):
         A, P, W = self.axons, self.lanes, self.words
         lane_bits = exact_log2(P)
         bus, request, sweep = self.bus, self.bus.request, self.accumulators
+        weight_hit = CoreDecoder(request, core_shape(self.neurons, A, P)).hit(MemorySpace.WEIGHT)
 
         m.submodules.weight_mem = weight_mem = Memory(
             shape=WEIGHT_BITS * P, depth=A * W, init=[])
@@ -257,7 +258,7 @@ class Integrator(wiring.Component):
         ]
 
         # --- the weight memory: one shared address (the integrator's row, or a request's word) ----
-        write = bus.access & request.write & space_hit(request, MemorySpace.WEIGHT, A * self.neurons)
+        write = bus.access & request.write & weight_hit
         req_lane = request.addr[:lane_bits] if lane_bits else 0
         weight_addr = Signal(range(A * W))
         m.d.comb += [
@@ -279,7 +280,7 @@ class Integrator(wiring.Component):
                              weight_wr.en.eq(update.write_lanes)]
             m.d.sync += Assert(~(update.read & (iss_active | bus.access)), "learning: weight memory in use")
         # a read's word is in `weights2` in the respond cycle
-        with m.If(space_hit(request, MemorySpace.WEIGHT, A * self.neurons) & ~request.write):
+        with m.If(weight_hit & ~request.write):
             weight = (weights2.as_value().word_select(req_lane, WEIGHT_BITS) if P > 1
                       else weights2.as_value()).as_signed()
             m.d.comb += self.read_data.eq(weight)

@@ -12,10 +12,11 @@ from amaranth import Assert, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
-from amaranth.utils import exact_log2
+from amaranth.utils import ceil_log2, exact_log2
 
-from neurofabric.hdl.core_memory import CoreBus, pipeline_register, space_hit
+from neurofabric.hdl.core_memory import CoreBus, CoreDecoder, core_shape, pipeline_register
 from neurofabric.hdl.integrator import AcceptedEvent, WeightUpdatePort
+from neurofabric.hdl.memory_map import TraceField
 from neurofabric.hdl.protocol import (
     DECAY_BITS,
     DECAY_ONE,
@@ -73,7 +74,8 @@ class StdpRegisters(wiring.Component):
     ``StdpField.REWARD`` reads ``reward`` (the chip's register, not written here).
     """
 
-    def __init__(self):
+    def __init__(self, shape):
+        self.shape = shape      #: the core's ChipShape (for the memory map)
         members = {"bus": In(CoreBus()), "read_data": Out(32), "reward": In(signed(8)),
                    "learning": Out(1), "reseed": Out(1)}
         for field, (shape, value) in STDP_DEFAULTS.items():
@@ -86,16 +88,21 @@ class StdpRegisters(wiring.Component):
         m = Module()
         bus, request = self.bus, self.bus.request
         config = {field: getattr(self, _config_name(field)) for field in STDP_DEFAULTS}
-        learning_hit = (request.mem == MemorySpace.CORE) & (request.addr == CoreRegister.LEARNING.value)
-        stdp_hit = space_hit(request, MemorySpace.STDP, len(StdpField))
+        decoder = CoreDecoder(request, self.shape)
+        learning_hit = decoder.register_hit(MemorySpace.CORE, CoreRegister.LEARNING)
+        stdp_hit = decoder.hit(MemorySpace.STDP)
+        stdp_field = request.addr[:ceil_log2(decoder.size(MemorySpace.STDP))]
+
+        def case(field):
+            return m.Case(decoder.address(MemorySpace.STDP, field))
         write = bus.access & request.write
         m.d.sync += self.reseed.eq(0)            # set by a SEED write below
         with m.If(write & learning_hit):
             m.d.sync += self.learning.eq(request.data[0])
         with m.If(write & stdp_hit):
-            with m.Switch(request.addr[:4]):
+            with m.Switch(stdp_field):
                 for field, register in config.items():
-                    with m.Case(field.value):
+                    with case(field):
                         if field in DECAY_FIELDS:
                             value = Mux(request.data > DECAY_ONE, DECAY_ONE, request.data[:DECAY_BITS + 1])
                             factor = getattr(self, f"{_config_name(field)}_factor")
@@ -110,11 +117,11 @@ class StdpRegisters(wiring.Component):
             with m.If(learning_hit):
                 m.d.comb += self.read_data.eq(self.learning)
             with m.If(stdp_hit):
-                with m.Switch(request.addr[:4]):
+                with m.Switch(stdp_field):
                     for field, register in config.items():
-                        with m.Case(field.value):
+                        with case(field):
                             m.d.comb += self.read_data.eq(register)      # sign-extends w_min, w_max
-                    with m.Case(StdpField.REWARD.value):
+                    with case(StdpField.REWARD):
                         m.d.comb += self.read_data.eq(self.reward)
         return m
 
@@ -246,6 +253,7 @@ class StdpEngine(wiring.Component):
     def __init__(self, neurons, axons, lanes):
         self.neurons, self.axons, self.lanes = neurons, axons, lanes
         self.words = neurons // lanes
+        self.shape = core_shape(neurons, axons, lanes)      #: for the memory map
         super().__init__({
             "step": In(1), "learn": In(1), "reward": In(signed(8)),
             "bus": In(CoreBus()), "read_data": Out(32),
@@ -263,7 +271,7 @@ class StdpEngine(wiring.Component):
         memories = self._memories(m)
         event_rd, event_wr, fired_wr = memories.event_rd, memories.event_wr, memories.fired_wr
 
-        m.submodules.registers = registers = StdpRegisters()
+        m.submodules.registers = registers = StdpRegisters(self.shape)
         wiring.connect(m, wiring.flipped(self.bus), registers.bus)
         m.d.comb += registers.reward.eq(self.reward)
         m.submodules.update = update = WeightUpdatePipeline(A * W, P)
@@ -524,17 +532,19 @@ class StdpEngine(wiring.Component):
         """``MemorySpace.TRACE`` (pre-traces at axon addresses, then post-traces) and
         ``PLASTIC`` requests: the memories addressed in the access cycle, their data registered
         in the collect cycle, the response word picked from the registers."""
-        A, P = self.axons, self.lanes
+        P = self.lanes
         lane_bits = exact_log2(P)
         bus, request = self.bus, self.bus.request
+        decoder = CoreDecoder(request, self.shape)
         addr = request.addr
-        post = Signal(range(A + self.neurons))
-        m.d.comb += post.eq(addr - A)
+        post_start = decoder.address(MemorySpace.TRACE, TraceField.POST)
+        post = Signal(range(decoder.size(MemorySpace.TRACE)))
+        m.d.comb += post.eq(addr - post_start)
         post_word = post >> lane_bits
         post_lane = post[:lane_bits] if lane_bits else Const(0, 1)
-        is_pre = addr < A
-        trace_hit = space_hit(request, MemorySpace.TRACE, A + self.neurons)
-        plastic_hit = space_hit(request, MemorySpace.PLASTIC, A)
+        is_pre = addr < post_start
+        trace_hit = decoder.hit(MemorySpace.TRACE)
+        plastic_hit = decoder.hit(MemorySpace.PLASTIC)
         write = bus.access & request.write
         with m.If(bus.access):
             m.d.comb += [memories.pre_rd.addr.eq(addr), memories.plastic_rd.addr.eq(addr),

@@ -12,7 +12,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2, exact_log2
 
-from neurofabric.hdl.core_memory import CoreBus, pipeline_register, space_hit
+from neurofabric.hdl.core_memory import CoreBus, CoreDecoder, core_shape, pipeline_register
 from neurofabric.hdl.integrator import AccumulatorPort, accumulator_layout, saturate
 from neurofabric.hdl.protocol import (
     ACC_BITS,
@@ -88,7 +88,8 @@ class NeuronProfiles(wiring.Component):
     ``*_addr`` input; in a request's access cycle the request addresses all three.
     """
 
-    def __init__(self):
+    def __init__(self, shape):
+        self.shape = shape      #: the core's ChipShape (for the memory map)
         super().__init__({
             "bus": In(CoreBus()), "read_data": Out(32),
             "decay_addr": In(PROFILE_BITS), "threshold_addr": In(PROFILE_BITS), "reset_addr": In(PROFILE_BITS),
@@ -101,6 +102,7 @@ class NeuronProfiles(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         bus, request = self.bus, self.bus.request
+        decoder = CoreDecoder(request, self.shape)
         m.submodules.decay_mem = decay_mem = Memory(
             shape=unsigned(3 * FACTOR_BITS + 1), depth=PROFILE_COUNT,
             init=[DECAY_ONE * (1 + (1 << FACTOR_BITS) + (1 << 2 * FACTOR_BITS))] * PROFILE_COUNT)
@@ -123,8 +125,10 @@ class NeuronProfiles(wiring.Component):
             self.refractory.eq(reset_rd.data[STATE_BITS:]),
         ]
 
-        req_profile = request.addr[3:3 + PROFILE_BITS]
-        req_field = request.addr[:3]
+        req_profile, req_field = decoder.record(MemorySpace.PROFILE)
+
+        def case(*fields):
+            return m.Case(*(decoder.address(MemorySpace.PROFILE, field) for field in fields))
         for port, addr in ((decay_rd, self.decay_addr), (threshold_rd, self.threshold_addr),
                            (reset_rd, self.reset_addr)):
             m.d.comb += port.addr.eq(Mux(bus.access, req_profile, addr))
@@ -138,7 +142,7 @@ class NeuronProfiles(wiring.Component):
             reset_wr.addr.eq(req_profile),
             reset_wr.data.eq(Cat(request.data[:STATE_BITS], request.data[:REFRACTORY_BITS])),
         ]
-        hit = space_hit(request, MemorySpace.PROFILE, PROFILE_COUNT * 8)
+        hit = decoder.hit(MemorySpace.PROFILE)
         field_bits = (1 << FACTOR_BITS) - 1
         with m.If(bus.access & request.write & hit):
             with m.Switch(req_field):
@@ -151,7 +155,7 @@ class NeuronProfiles(wiring.Component):
                         (ProfileField.THETA_PLUS, threshold_wr, 0b10),
                         (ProfileField.V_RESET, reset_wr, 0b0111),
                         (ProfileField.REFRACTORY, reset_wr, 0b1000)):
-                    with m.Case(field.value):
+                    with case(field):
                         m.d.comb += port.en.eq(enable)
 
         # collect: a decay is 4096 - its stored factor (one subtractor for the three)
@@ -160,7 +164,7 @@ class NeuronProfiles(wiring.Component):
             factor_read = Signal(FACTOR_BITS)
             with m.Switch(req_field):
                 for k, field in enumerate((ProfileField.DU, ProfileField.DV, ProfileField.DTHETA)):
-                    with m.Case(field.value):
+                    with case(field):
                         m.d.comb += factor_read.eq(self.decay_factors[k])
             with m.Switch(req_field):
                 for field, value in (
@@ -170,7 +174,7 @@ class NeuronProfiles(wiring.Component):
                         ((ProfileField.V_RESET,), self.v_reset),
                         ((ProfileField.RESET_MODE,), self.reset_mode),
                         ((ProfileField.REFRACTORY,), self.refractory)):
-                    with m.Case(*(f.value for f in field)):
+                    with case(*field):
                         m.d.sync += profile_read.eq(value)     # sign-extends signed fields
         with m.If(hit & ~request.write):
             m.d.comb += self.read_data.eq(profile_read)
@@ -193,8 +197,9 @@ class UpdateSweep(wiring.Component):
     keeps up. The spike FIFO holds `spike_depth` entries.
     """
 
-    def __init__(self, neurons, lanes, *, learning):
+    def __init__(self, neurons, axons, lanes, *, learning):
         self.neurons, self.lanes, self.learning = neurons, lanes, learning
+        self.shape = core_shape(neurons, axons, lanes)      #: for the memory map
         self.words = neurons // lanes
         # with learning, the FIFO holds a whole sweep's spikes: the sweep (and the learning phase
         # after it, during which axon_in is held off) never waits on spike_out
@@ -222,7 +227,7 @@ class UpdateSweep(wiring.Component):
         m.submodules.neuron_mem = neuron_mem = Memory(shape=unsigned(STATE_BITS + 8), depth=N, init=[])
         neuron_rd = neuron_mem.read_port(transparent_for=())
         neuron_wr = neuron_mem.write_port(granularity=8)
-        m.submodules.profiles = profiles = NeuronProfiles()
+        m.submodules.profiles = profiles = NeuronProfiles(self.shape)
         m.d.comb += [profiles.bus.request.eq(request), profiles.bus.access.eq(bus.access),
                      profiles.bus.collect.eq(bus.collect), profiles.bus.respond.eq(bus.respond)]
         state_read = _fields_of(state_rd.data, STATE_FIELDS)
@@ -274,7 +279,8 @@ class UpdateSweep(wiring.Component):
         # a request addresses both per-neuron memories (the sweep: state_mem at issue,
         # neuron_mem at stage 2)
         req_neuron = Signal(range(N))
-        m.d.comb += [req_neuron.eq(Mux(request.mem == MemorySpace.STATE, request.addr >> 2, request.addr)),
+        m.d.comb += [req_neuron.eq(Mux(request.mem == MemorySpace.STATE,
+                                       CoreDecoder(request, self.shape).record(MemorySpace.STATE)[0], request.addr)),
                      state_rd.addr.eq(Mux(bus.access, req_neuron, sweep_neuron))]
 
         # S1: state_mem data out; its profile index addresses the decay factors
@@ -353,6 +359,7 @@ class UpdateSweep(wiring.Component):
         difference6 = stage("difference6", difference, signed(STATE_BITS + 4))
         # (a request's word in the access cycle: state_mem's write data in the collect cycle)
         request_word = request.data[:STATE_BITS].as_signed()
+        neuron_word = CoreDecoder(request, self.shape).word(MemorySpace.NEURON)
         v_new6 = stage("v_new6", Mux(bus.access, request_word, saturate(v_bias5 + u5, STATE_BITS)),
                        signed(STATE_BITS))
         u6 = stage("u6", Mux(bus.access, request_word, u5))
@@ -364,8 +371,8 @@ class UpdateSweep(wiring.Component):
         refr_final = Mux(fired6, profiles.refractory, Mux(active6, 0, refr6 - 1))
         # (the profile index and the bias are written by requests only)
         m.d.comb += [
-            state_wr.data.eq(Cat(u6, v_final, theta_final6, request.data[STATE_BITS:STATE_BITS + PROFILE_BITS])),
-            neuron_wr.data.eq(Cat(request.data[:STATE_BITS],
+            state_wr.data.eq(Cat(u6, v_final, theta_final6, neuron_word.profile)),
+            neuron_wr.data.eq(Cat(neuron_word.bias,
                                   Mux(valid6, refr_final, request.data[:REFRACTORY_BITS]))),
         ]
         with m.If(valid6):
@@ -419,42 +426,45 @@ class UpdateSweep(wiring.Component):
         from the sweep's last registers, which take the request's word in the access cycle (no
         write-data multiplexer in front of the memory)."""
         bus, request = self.bus, self.bus.request
-        N = self.neurons
+        decoder = CoreDecoder(request, self.shape)
         access_write = bus.access & request.write
         collect_write = bus.collect & request.write
-        neuron_hit = space_hit(request, MemorySpace.NEURON, N)
-        state_hit = space_hit(request, MemorySpace.STATE, 4 * N)
-        field = request.addr[:2]
+        neuron_hit = decoder.hit(MemorySpace.NEURON)
+        state_hit = decoder.hit(MemorySpace.STATE)
+        _, field = decoder.record(MemorySpace.STATE)
         m.d.comb += [state_wr.addr.eq(req_neuron), neuron_wr.addr.eq(req_neuron)]
         with m.If(access_write & neuron_hit):
             m.d.comb += neuron_wr.en.eq(_field_bytes(NEURON_FIELDS, "bias"))
         with m.If(collect_write & neuron_hit):
             m.d.comb += state_wr.en.eq(_field_bytes(STATE_FIELDS, "profile"))
-        with m.If(access_write & state_hit & (field == StateField.REFRACTORY.value)):
+        with m.If(access_write & state_hit
+                  & (field == decoder.address(MemorySpace.STATE, StateField.REFRACTORY))):
             m.d.comb += neuron_wr.en.eq(_field_bytes(NEURON_FIELDS, "refractory"))
         with m.If(collect_write & state_hit):
             with m.Switch(field):
                 for state_field, name in ((StateField.U, "u"), (StateField.V, "v"), (StateField.THETA, "theta")):
-                    with m.Case(state_field.value):
+                    with m.Case(decoder.address(MemorySpace.STATE, state_field)):
                         m.d.comb += state_wr.en.eq(_field_bytes(STATE_FIELDS, name))
 
     def _request_reads(self, m, weight_exp, profiles, raw):
         """The WEIGHT_EXP register, and the response words of reads from the registers the
         pipeline loads from the memories in the collect cycle (`raw`)."""
         bus, request = self.bus, self.bus.request
-        N = self.neurons
-        weight_exp_hit = (request.mem == MemorySpace.CORE) & (request.addr == CoreRegister.WEIGHT_EXP.value)
+        decoder = CoreDecoder(request, self.shape)
+        weight_exp_hit = decoder.register_hit(MemorySpace.CORE, CoreRegister.WEIGHT_EXP)
         with m.If(bus.access & request.write & weight_exp_hit):
             m.d.sync += weight_exp.eq(request.data[:WEIGHT_EXP_BITS])
         m.d.comb += self.read_data.eq(profiles.read_data)     # 0 unless a PROFILE read
         with m.If(~request.write):
-            with m.If(space_hit(request, MemorySpace.NEURON, N)):
-                m.d.comb += self.read_data.eq(Cat(raw["bias"], raw["profile"]))
-            with m.If(space_hit(request, MemorySpace.STATE, 4 * N)):
-                with m.Switch(request.addr[:2]):
+            with m.If(decoder.hit(MemorySpace.NEURON)):
+                neuron_word = Signal(decoder.word(MemorySpace.NEURON).shape())
+                m.d.comb += [neuron_word.bias.eq(raw["bias"]), neuron_word.profile.eq(raw["profile"]),
+                             self.read_data.eq(neuron_word)]
+            with m.If(decoder.hit(MemorySpace.STATE)):
+                with m.Switch(decoder.record(MemorySpace.STATE)[1]):
                     for field, name in ((StateField.U, "u"), (StateField.V, "v"),
                                         (StateField.REFRACTORY, "refractory"), (StateField.THETA, "theta")):
-                        with m.Case(field.value):
+                        with m.Case(decoder.address(MemorySpace.STATE, field)):
                             m.d.comb += self.read_data.eq(raw[name])  # sign-extends u, v, theta
             with m.If(weight_exp_hit):
                 m.d.comb += self.read_data.eq(weight_exp)
