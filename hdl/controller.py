@@ -18,9 +18,10 @@ for now if ``tag == t mod 2**16``, for the future if ``(tag - t) mod 2**16 < 2**
 """
 
 from amaranth.hdl import Assert, Module, Mux, Signal
-from amaranth.lib import data, fifo, stream, wiring
+from amaranth.lib import data, fifo, stream
 from amaranth.lib.wiring import In, Out
 
+from neurofabric.hdl.checked import CheckedComponent
 from neurofabric.hdl.protocol import Event, EventKind, InputEvent
 
 __all__ = ["StepController", "GUARD_CYCLES"]
@@ -30,7 +31,7 @@ __all__ = ["StepController", "GUARD_CYCLES"]
 GUARD_CYCLES = 2
 
 
-class StepController(wiring.Component):
+class StepController(CheckedComponent):
     """Sequences time steps for a chip of `cores` cores of `axons` axons.
 
     Ports: ``inject`` (host input events, nondecreasing step tags, queued in a FIFO of
@@ -50,10 +51,12 @@ class StepController(wiring.Component):
     axon that exist (checked as it is queued; one that does not is dropped at its step).
     """
 
-    def __init__(self, *, cores, axons, queue_depth=64):
+    @classmethod
+    def check_parameters(cls, *, cores, axons, queue_depth=64):
         if not isinstance(queue_depth, int) or not 2 <= queue_depth <= 65536:
-            self._MustUse__silence = True
             raise ValueError(f"queue_depth = {queue_depth!r} is out of range: allowed integers 2..65536")
+
+    def __init__(self, *, cores, axons, queue_depth=64):
         self.cores = cores
         self.axons = axons
         self.queue_depth = queue_depth

@@ -23,6 +23,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from neurofabric.hdl.checked import CheckedComponent
 from neurofabric.hdl.pipeline import SkidBuffer
 from neurofabric.hdl.protocol import (
     ENCODER_DRAW_BITS,
@@ -67,7 +68,7 @@ def lfsr_ahead(state, steps=ENCODER_LFSR_STEPS, bits=ENCODER_LFSR_BITS, taps=ENC
     return result[:bits]
 
 
-class InputEncoder(wiring.Component):
+class InputEncoder(CheckedComponent):
     """`shape.encoder_channels` input encoder channels of a chip of `shape`.
 
     Ports:
@@ -93,14 +94,16 @@ class InputEncoder(wiring.Component):
     after they are accepted.
     """
 
-    def __init__(self, shape):
+    @classmethod
+    def check_parameters(cls, shape):
         channels = getattr(shape, "encoder_channels", 0)
         if not isinstance(channels, int) or channels < 1:
-            self._MustUse__silence = True       # a rejected configuration is not an unused design
             raise ValueError(f"encoder_channels = {channels!r} is out of range: an InputEncoder needs "
                              "at least 1 channel")
+
+    def __init__(self, shape):
         self.shape = shape
-        self.channels = channels
+        self.channels = shape.encoder_channels
         self._slice = SkidBuffer(EncoderTarget)
         super().__init__({
             "start": In(1),

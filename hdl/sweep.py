@@ -181,6 +181,46 @@ class NeuronProfiles(wiring.Component):
         return m
 
 
+class SpikeQueue(wiring.Component):
+    """The spike FIFO in front of ``spike_out`` (`depth` entries), with credits: ``credit`` is
+    high while an entry is free that no neuron in the sweep pipeline has claimed. A neuron
+    claims one as it is issued (``claim``) and gives it back as it leaves the pipeline without
+    a spike (``record``); a spike's entry comes back when ``spike_out`` takes it. ``idle``: no
+    entry claimed or holding a spike."""
+
+    def __init__(self, neurons, depth):
+        self.neurons, self.depth = neurons, depth
+        super().__init__({
+            "claim": In(1), "record": In(SpikeRecord(neurons)),
+            "spike_out": Out(stream.Signature(range(neurons))),
+            "credit": Out(1), "idle": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.spike_fifo = spike_fifo = fifo.SyncFIFOBuffered(
+            width=max(1, ceil_log2(self.neurons)), depth=self.depth)
+        m.d.comb += [
+            self.spike_out.valid.eq(spike_fifo.r_rdy),
+            self.spike_out.payload.eq(spike_fifo.r_data),
+            spike_fifo.r_en.eq(self.spike_out.ready),
+            spike_fifo.w_en.eq(self.record.valid & self.record.fired),
+            spike_fifo.w_data.eq(self.record.neuron),
+        ]
+        with m.If(spike_fifo.w_en):
+            m.d.sync += Assert(spike_fifo.w_rdy, "spike FIFO overflow")
+        credits = Signal(range(self.depth), init=self.depth - 1)
+        credit_return = Signal(2)
+        m.d.comb += [
+            credit_return.eq((self.record.valid & ~self.record.fired)
+                             + (self.spike_out.valid & self.spike_out.ready)),
+            self.credit.eq(credits != 0),
+            self.idle.eq(credits == self.depth - 1),
+        ]
+        m.d.sync += credits.eq(credits - self.claim + credit_return)
+        return m
+
+
 class UpdateSweep(wiring.Component):
     """Updates every neuron once per `step`, as the model's ``_update`` does.
 
@@ -228,52 +268,23 @@ class UpdateSweep(wiring.Component):
         neuron_rd = neuron_mem.read_port(transparent_for=())
         neuron_wr = neuron_mem.write_port(granularity=8)
         m.submodules.profiles = profiles = NeuronProfiles(self.shape)
-        m.d.comb += [profiles.bus.request.eq(request), profiles.bus.access.eq(bus.access),
-                     profiles.bus.collect.eq(bus.collect), profiles.bus.respond.eq(bus.respond)]
+        wiring.connect(m, wiring.flipped(self.bus), profiles.bus)
         state_read = _fields_of(state_rd.data, STATE_FIELDS)
         neuron_read = _fields_of(neuron_rd.data, NEURON_FIELDS)
-        m.submodules.spike_fifo = spike_fifo = fifo.SyncFIFOBuffered(
-            width=max(1, ceil_log2(N)), depth=self.spike_depth)
-        m.d.comb += [
-            self.spike_out.valid.eq(spike_fifo.r_rdy),
-            self.spike_out.payload.eq(spike_fifo.r_data),
-            spike_fifo.r_en.eq(self.spike_out.ready),
-        ]
+        m.submodules.spikes = spikes = SpikeQueue(N, self.spike_depth)
+        wiring.connect(m, spikes.spike_out, wiring.flipped(self.spike_out))
 
-        # --- issue: start after `step` once the swept bank has settled; one neuron per credit ----
-        sweep_pending = Signal()    # step pulsed; waiting for the old bank's writes to land
-        sweep_issuing = Signal()
-        sweep_neuron = Signal(range(N))
-        # credits: spike FIFO entries not yet claimed by a neuron in the sweep pipeline
-        credits = Signal(range(self.spike_depth), init=self.spike_depth - 1)
-        sweep_issue = Signal()
         in_pipeline = Signal()
-        m.d.comb += [self.busy.eq(sweep_pending | sweep_issuing | (credits != self.spike_depth - 1)),
-                     self.done.eq(~sweep_pending & ~sweep_issuing & ~in_pipeline)]
-        with m.If(self.step):
-            m.d.sync += sweep_pending.eq(1)
-        with m.If(sweep_pending & ~acc.in_flight & ~bus.access):
-            m.d.sync += [sweep_pending.eq(0), sweep_issuing.eq(1), sweep_neuron.eq(0)]
-        m.d.sync += Assert(~(self.step & (sweep_pending | sweep_issuing | in_pipeline)),
-                           "step pulsed while a sweep is pending or running")
-        m.d.comb += sweep_issue.eq(sweep_issuing & (credits != 0))
-        with m.If(sweep_issue):
-            with m.If(sweep_neuron == N - 1):
-                m.d.sync += sweep_issuing.eq(0)
-            with m.Else():
-                m.d.sync += sweep_neuron.eq(sweep_neuron + 1)
+        sweep_pending, sweep_issue, sweep_neuron = self._issue(m, spikes, in_pipeline)
 
         def stage(name, value, shape=None):
             return pipeline_register(m, f"sweep_{name}", value, shape)
 
         def counter(name, valid):
             """The index of the neuron at the stage whose valid bit is `valid`: neurons pass
-            every stage in order, one per valid cycle."""
+            every stage in order, one per valid cycle (no pipeline register carries it)."""
             index = Signal(range(N), name=f"sweep_{name}")
-            with m.If(sweep_pending):
-                m.d.sync += index.eq(0)
-            with m.Elif(valid):
-                m.d.sync += index.eq(Mux(index == N - 1, 0, index + 1))
+            m.d.sync += index.eq(Mux(sweep_pending, 0, Mux(valid, Mux(index == N - 1, 0, index + 1), index)))
             return index
 
         # a request addresses both per-neuron memories (the sweep: state_mem at issue,
@@ -383,25 +394,43 @@ class UpdateSweep(wiring.Component):
         with m.Else():
             self._request_writes(m, state_wr, neuron_wr, req_neuron)
         m.d.sync += Assert(~(valid6 & (bus.access | bus.collect)), "state written by the sweep and a request at once")
-        m.d.comb += [spike_fifo.w_en.eq(valid6 & fired6), spike_fifo.w_data.eq(neuron6)]
-        with m.If(spike_fifo.w_en):
-            m.d.sync += Assert(spike_fifo.w_rdy, "spike FIFO overflow")
-        m.d.comb += in_pipeline.eq(valid1 | valid2 | valid3 | valid4 | valid5 | valid6)
+        m.d.comb += [spikes.record.valid.eq(valid6), spikes.record.neuron.eq(neuron6),
+                     spikes.record.fired.eq(fired6),
+                     in_pipeline.eq(valid1 | valid2 | valid3 | valid4 | valid5 | valid6)]
         if self.learning:
             m.d.comb += [self.record.valid.eq(valid6), self.record.neuron.eq(neuron6),
                          self.record.fired.eq(fired6)]
-
-        # a credit comes back when a neuron leaves the pipeline without a spike, or a spike
-        # leaves the FIFO
-        credit_return = Signal(2)
-        m.d.comb += credit_return.eq((valid6 & ~fired6) + (self.spike_out.valid & self.spike_out.ready))
-        m.d.sync += credits.eq(credits - sweep_issue + credit_return)
 
         # the request path reads the memories through the pipeline's first registers
         self._request_reads(m, weight_exp, profiles, {
             "u": raw2["u"], "v": raw2["v"], "theta": raw2["theta"], "refractory": refr4,
             "bias": bias4, "profile": profile2})
         return m
+
+    def _issue(self, m, spikes, in_pipeline):
+        """The issue stage: after `step`, wait until the swept bank has settled (no operation on
+        it left in the integrator, no request in its access cycle), then issue one neuron per
+        cycle while a spike FIFO entry is free. (pending, issue, neuron)."""
+        N, acc, bus = self.neurons, self.accumulators, self.bus
+        sweep_pending = Signal()    # step pulsed; waiting for the old bank's writes to land
+        sweep_issuing = Signal()
+        sweep_neuron = Signal(range(N))
+        sweep_issue = Signal()
+        m.d.comb += [self.busy.eq(sweep_pending | sweep_issuing | ~spikes.idle),
+                     self.done.eq(~sweep_pending & ~sweep_issuing & ~in_pipeline)]
+        with m.If(self.step):
+            m.d.sync += sweep_pending.eq(1)
+        with m.If(sweep_pending & ~acc.in_flight & ~bus.access):
+            m.d.sync += [sweep_pending.eq(0), sweep_issuing.eq(1), sweep_neuron.eq(0)]
+        m.d.sync += Assert(~(self.step & (sweep_pending | sweep_issuing | in_pipeline)),
+                           "step pulsed while a sweep is pending or running")
+        m.d.comb += [sweep_issue.eq(sweep_issuing & spikes.credit), spikes.claim.eq(sweep_issue)]
+        with m.If(sweep_issue):
+            with m.If(sweep_neuron == N - 1):
+                m.d.sync += sweep_issuing.eq(0)
+            with m.Else():
+                m.d.sync += sweep_neuron.eq(sweep_neuron + 1)
+        return sweep_pending, sweep_issue, sweep_neuron
 
     @staticmethod
     def _threshold_difference(m, v_bias, u, effective):
