@@ -1,3 +1,5 @@
+# amaranth: UnusedElaboratable=no
+# (test_learning_needs_learning_cores builds cores that a chip then refuses)
 """On-chip learning through the whole chip, against ChipModel.
 
 A multi-core network with every core learning (random STDP configuration, plastic masks,
