@@ -1,7 +1,7 @@
 """The neuron core's integrator: event-driven synaptic integration into two accumulator banks.
 
 :class:`Integrator` holds the core's weight memory (``axons x neurons`` int8 weights, `lanes`
-per word) and two accumulator banks (one int32 accumulator per neuron each). An accepted axon
+per word) and two accumulator banks (one 24-bit (ACC_BITS) accumulator per neuron each). An accepted axon
 event streams its weight row through a read -> add -> write-back pipeline into the bank of its
 step; the update sweep (:mod:`~neurofabric.hdl.sweep`) reads and clears the other bank through
 :class:`AccumulatorPort`, and the STDP engine (:mod:`~neurofabric.hdl.stdp`) updates weights
@@ -36,7 +36,7 @@ def saturate(value, bits):
 
 
 def accumulator_layout(lanes):
-    """One word of an accumulator bank: `lanes` int32 accumulators."""
+    """One word of an accumulator bank: `lanes` ACC_BITS-bit accumulators."""
     return data.ArrayLayout(signed(ACC_BITS), lanes)
 
 
@@ -118,7 +118,7 @@ class Integrator(wiring.Component):
 
     Cycle behaviour: the issue stage reads one weight word per cycle (stage 0); the word and the
     accumulator word are out of the memories at stage 1 and registered at stage 2, where the
-    sums are formed (saturating at int32); stage 3 writes them back. A read of the accumulator
+    sums are formed (saturating at ACC_BITS bits); stage 3 writes them back. A read of the accumulator
     word written by one of the 3 younger operations (rows of at most ``HAZARD_WINDOW`` words)
     takes the value from the write-back history instead (stages 3..5). An event is accepted in
     the cycle the previous event's last word issues, so rows stream back to back at `lanes`

@@ -1,7 +1,7 @@
 """The neuron core's update sweep: the pipelined CUBA-LIF update of every neuron at a step.
 
 :class:`UpdateSweep` holds the per-neuron words (state and parameters) and the spike FIFO and
-updates one neuron per cycle through a 6-stage pipeline, reading the neuron's accumulator from
+updates one neuron per cycle through a 7-stage pipeline (S0, the issue stage, to S6), reading the neuron's accumulator from
 the integrator (:class:`~neurofabric.hdl.integrator.AccumulatorPort`) and its profile from
 :class:`NeuronProfiles`. docs/core.md describes the stages; docs/semantics.md the arithmetic.
 """
@@ -41,9 +41,9 @@ DEFAULT_THRESHOLD = 1 << 10
 FACTOR_BITS = DECAY_BITS + 1
 
 # the per-neuron words, in two memories written per byte: `state_mem` holds what the sweep
-# needs first (read at issue, out at stage 1): u, v, theta and the profile index; `neuron_mem`
-# what it needs later (read at stage 2, registered at stage 4, so no pipeline register carries
-# them): the bias and the refractory counter. The sweep writes both back at stage 6.
+# needs first (read at S0, out at S1): u, v, theta and the profile index; `neuron_mem` what it
+# needs later (read at S2, registered at S4, so no pipeline register carries them): the bias
+# and the refractory counter. The sweep writes both back at S6.
 STATE_FIELDS = {"u": (0, signed(STATE_BITS)), "v": (STATE_BITS, signed(STATE_BITS)),
                 "theta": (2 * STATE_BITS, signed(STATE_BITS)),
                 "profile": (3 * STATE_BITS, unsigned(PROFILE_BITS))}
@@ -232,7 +232,7 @@ class UpdateSweep(wiring.Component):
 
     Cycle behaviour: after `step` the sweep waits until no operation on the swept bank is left
     in the integrator and no request is in its access cycle, then issues one neuron per cycle
-    into the 6-stage pipeline while it holds a credit (a free spike FIFO entry not yet claimed
+    into the pipeline (S0 .. S6) while it holds a credit (a free spike FIFO entry not yet claimed
     by a neuron in the pipeline): ``neurons + 10`` cycles from `step` to idle when `spike_out`
     keeps up. The spike FIFO holds `spike_depth` entries.
     """
@@ -287,8 +287,8 @@ class UpdateSweep(wiring.Component):
             m.d.sync += index.eq(Mux(sweep_pending, 0, Mux(valid, Mux(index == N - 1, 0, index + 1), index)))
             return index
 
-        # a request addresses both per-neuron memories (the sweep: state_mem at issue,
-        # neuron_mem at stage 2)
+        # a request addresses both per-neuron memories (the sweep: state_mem at S0,
+        # neuron_mem at S2)
         req_neuron = Signal(range(N))
         m.d.comb += [req_neuron.eq(Mux(request.mem == MemorySpace.STATE,
                                        CoreDecoder(request, self.shape).record(MemorySpace.STATE)[0], request.addr)),
