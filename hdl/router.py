@@ -23,12 +23,12 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from neurofabric.hdl.checked import CheckedComponent
+from neurofabric.hdl.core_memory import MemorySignature
 from neurofabric.hdl.pipeline import SkidBuffer
 from neurofabric.hdl.protocol import (
     Event,
     EventKind,
     MemorySpace,
-    MemRequest,
     RouteEntry,
     RouteKind,
     RoutePointer,
@@ -150,8 +150,7 @@ class Router(CheckedComponent):
             "spikes": In(stream.Signature(range(shape.neurons))).array(shape.cores),
             "axons": Out(stream.Signature(range(shape.axons))).array(shape.cores),
             "host": Out(stream.Signature(Event)),
-            "mem": In(stream.Signature(MemRequest)),
-            "mem_resp": Out(stream.Signature(32)),
+            **MemorySignature().members,
             "busy": Out(1),
             "spike_taken": Out(1),
             "axon_sent": Out(1),
