@@ -45,6 +45,7 @@ from amaranth.lib.wiring import In, Out
 
 from neurofabric.hdl.checked import CheckedComponent
 from neurofabric.hdl.controller import StepController
+from neurofabric.hdl.core import NeuronCore
 from neurofabric.hdl.core_memory import MemorySignature
 from neurofabric.hdl.encoder import InputEncoder
 from neurofabric.hdl.pipeline import SkidBuffer
@@ -91,9 +92,10 @@ class Chip(CheckedComponent):
 
     `core_factory(index)` builds core `index` (default: ``NeuronCore(neurons, axons, lanes,
     learning=learning, request_held=True)`` from :mod:`neurofabric.hdl.core`); any component
-    with the core's ports works (the chip holds ``mem.payload`` from a request's acceptance until
-    its response is taken). With ``learning=True`` every core must have the ``learn`` and ``reward`` inputs of a
-    learning ``NeuronCore``; they are driven from the chip registers.
+    with the core's ports (:class:`~neurofabric.hdl.core.CoreSignature`) works (the chip holds
+    ``mem.payload`` from a request's acceptance until its response is taken). With
+    ``learning=True`` every core must have the ``learn`` and ``reward`` inputs of a learning
+    ``NeuronCore``; they are driven from the chip registers.
     `input_queue_depth` input events can wait ahead of the running step. FIFO depths of the
     router and `route_init` = (pointer_init, entry_init) are passed through to the router.
     With `request_held`, the driver of `mem` keeps ``mem.payload`` unchanged from a request's
@@ -124,7 +126,6 @@ class Chip(CheckedComponent):
         self.router_depths = dict(spike_fifo_depth=spike_fifo_depth, axon_fifo_depth=axon_fifo_depth,
                                   host_fifo_depth=host_fifo_depth)
         if core_factory is None:
-            from neurofabric.hdl.core import NeuronCore  # noqa: PLC0415
             # the chip holds each core's mem.payload (its `request` register) until the response
             core_factory = lambda index: NeuronCore(shape.neurons, shape.axons, shape.lanes,  # noqa: E731
                                                     learning=learning, request_held=True)

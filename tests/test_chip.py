@@ -203,7 +203,6 @@ def test_chip_standin_cores_against_model(ready_probability):
 
 def test_chip_neuron_cores_against_model():
     """The real NeuronCore (lanes = 2), LIF profiles, everything loaded through `mem`."""
-    pytest.importorskip("neurofabric.hdl.core")
     seed = random.randrange(1 << 30)
     print(f"seed = {seed}")
     shape = ChipShape(cores=3, neurons=8, axons=8, lanes=2, route_entries=96)
