@@ -123,6 +123,7 @@ class Chip(wiring.Component):
             "out": Out(stream.Signature(Event)),
             "step": Out(32),
             "running": Out(1),
+            "input_free": Out(17),      #: entries free in the input queue now (INJECT never waits)
         })
 
     def elaborate(self, platform):
@@ -139,6 +140,7 @@ class Chip(wiring.Component):
         m.d.comb += [
             self.step.eq(controller.step),
             self.running.eq(controller.running),
+            self.input_free.eq(controller.input_free),
         ]
 
         # --- cores <-> router, inputs ---------------------------------------------------------
