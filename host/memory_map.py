@@ -12,7 +12,7 @@ import numpy as np
 
 from neurofabric.hdl.memory_map import MEMORY_MAP, WORD_BITS, MemoryMapError, space_of, to_int32, to_word
 
-__all__ = ["check_access", "check_word", "check_write", "to_words", "MemoryMapError"]
+__all__ = ["check_access", "check_word", "check_write", "to_words", "random_words", "MemoryMapError"]
 
 
 def _check_int(name, value, lo, hi, error):
@@ -114,3 +114,31 @@ def check_write(space, chip, core, addr, words, *, stored=None, error=MemoryMapE
                         f"({low_word.name} <= {high_name})", field=low_word.name, value=low,
                         allowed=(lo, high), space=space, addr=low_addr)
     return words
+
+
+def random_words(rng, space, chip, addr, count, *, stored=None, attempts=100):
+    """`count` random words the memory map accepts at ``addr ..`` of `space` (for tests and
+    benches): every field uniform in its range, drawn again while a rule between words
+    (``w_min <= w_max``, against `stored` outside the write) refuses them. `rng` is a
+    ``random.Random`` or a numpy ``Generator``."""
+    space = space_of(space)
+    draw = rng.randrange if hasattr(rng, "randrange") else (lambda lo, hi: int(rng.integers(lo, hi)))
+    decl = MEMORY_MAP[space]
+    for _ in range(attempts):
+        words = []
+        for offset in range(count):
+            word_decl = decl.locate(chip, addr + offset).word
+            values = {}
+            fields = [(name, field) for name, _, _, _, field in word_decl.items if name != "reserved"]
+            for name, field in sorted(fields, key=lambda item: item[1].when is not None):
+                lo, hi = field.bounds(chip)
+                if field.when is not None and values[field.when[0]] == field.when[1]:
+                    lo, hi = field.when[2]
+                values[name] = draw(lo, hi + 1)
+            words.append(word_decl.pack(**values))
+        try:
+            return check_write(space, chip, 0, addr, words, stored=stored)
+        except MemoryMapError:
+            continue
+    raise MemoryMapError(f"no valid words for {space.name}[{addr}..{addr + count - 1}] in {attempts} draws",
+                         field="words", value=count, allowed=None, space=space, addr=addr)

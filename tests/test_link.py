@@ -36,7 +36,7 @@ from neurofabric.host.link import (
     parse_body,
     parse_events,
 )
-from neurofabric.host.memory_map import check_write
+from neurofabric.host.memory_map import check_write, random_words
 from neurofabric.host.model import ChipShape
 from neurofabric.host.transport import SerialTransport
 from neurofabric.sim.device import PysimTransport, loopback_factory
@@ -88,19 +88,17 @@ class LinkBench:
         return lambda addr: self.expected_word(space.value, core, addr)
 
     def good_write_read(self, rng):
-        """A valid WRITE then READ with fresh seqs: both ACKed, the word reads back. The word
-        is drawn until the memory map accepts it (the loopback chip stores addresses < 16)."""
+        """A valid WRITE then READ with fresh seqs: both ACKed, the word reads back (a random
+        word the memory map accepts; the loopback chip stores addresses < 16)."""
         while True:
             space = rng.choice([s for s in MemorySpace if size(s, SHAPE)])
             core, addr = rng.randrange(SHAPE.cores), rng.randrange(min(16, size(space, SHAPE)))
-            word = rng.choice([rng.randrange(1 << 32), rng.randrange(-300, 300) & 0xFFFFFFFF,
-                               rng.randrange(1 << 16), rng.randrange(1 << 23)])
             try:
-                check_write(space, SHAPE, core, addr, [word], stored=self.stored(space, core))
+                (word,) = random_words(rng, space, SHAPE, addr, 1, stored=self.stored(space, core))
                 break
-            except MemoryMapError:
+            except MemoryMapError:              # a read-only word
                 continue
-        space = space.value
+        space, word = space.value, int(word)
         seq = self.next_seq()
         payload = bytes([space, core]) + (1).to_bytes(2, "little") + addr.to_bytes(4, "little")
         payload += word.to_bytes(4, "little")
@@ -668,3 +666,77 @@ def test_identify_reports_the_chips_encoder_not_the_shapes():
     shape = ChipShape(cores=2, neurons=16, axons=24, lanes=8, route_entries=16, encoder_channels=8)
     transport = PysimTransport(LinkedChip(shape, chip_factory=loopback_factory), timeout_cycles=100_000)
     assert LinkBackend(transport).identify().encoder_channels == 0
+
+
+def write_frame(seq, space, addr, words, core=0):
+    payload = mem_header(space.value, core, len(words), addr)
+    return build_frame(seq, LinkCommand.WRITE_MEMORY, payload + b"".join((w & 0xFFFFFFFF).to_bytes(4, "little")
+                                                                         for w in words))
+
+
+def test_write_checks_every_word_before_writing_any():
+    """Raw WRITE_MEMORY frames the memory map refuses are NAKed OUT_OF_RANGE and write nothing
+    (a valid word before the bad one included); the reference (check_write) agrees on each.
+    w_min <= w_max holds within a frame and against the stored word (the loopback's)."""
+    from neurofabric.hdl.protocol import ChipRegister, ProfileField, StdpField
+
+    bench = LinkBench()
+    w_min, w_max = StdpField.W_MIN.value, StdpField.W_MAX.value
+    refused = [
+        (MemorySpace.WEIGHT, 0, [1, 2, 3, 200]),
+        (MemorySpace.PROFILE, ProfileField.THRESHOLD.value, [1 << 23]),
+        (MemorySpace.PROFILE, ProfileField.RESET_MODE.value, [2]),
+        (MemorySpace.NEURON, 0, [1 << 27]),
+        (MemorySpace.ROUTE_ENTRY, 0, [SHAPE.cores << 16]),
+        (MemorySpace.COUNTER, 0, [1]),
+        (MemorySpace.CHIP, ChipRegister.STEP.value, [0]),
+        (MemorySpace.CHIP, ChipRegister.ENCODER.value, [1]),     # this chip has no encoder
+        (MemorySpace.WEIGHT, size(MemorySpace.WEIGHT, SHAPE) - 1, [0, 0]),
+        (MemorySpace.STDP, w_min, [5, 4]),
+        (MemorySpace.STDP, w_min, [50]),                         # stored w_max is 0
+    ]
+    for space, addr, words in refused:
+        seq = bench.next_seq()
+        frame = write_frame(seq, space, addr, words)
+        assert predict(frame[1:-1], bench) == (seq, LinkStatus.OUT_OF_RANGE, b""), (space, addr, words)
+        bench.check(frame, (seq, LinkStatus.OUT_OF_RANGE, b""))
+    for space, addr, words in [(MemorySpace.WEIGHT, 0, [-128, 127]), (MemorySpace.STDP, w_min, [-5, 60]),
+                               (MemorySpace.STDP, w_min, [50])]:
+        seq = bench.next_seq()
+        bench.check(write_frame(seq, space, addr, words), (seq, LinkStatus.ACK, b""))
+        for i, word in enumerate(words):
+            bench.memory[(space.value, 0, addr + i)] = word & 0xFFFFFFFF
+    seq = bench.next_seq()
+    bench.check(write_frame(seq, MemorySpace.STDP, w_max, [40]), (seq, LinkStatus.OUT_OF_RANGE, b""))
+    for space, count in [(MemorySpace.WEIGHT, 4), (MemorySpace.STDP, 11), (MemorySpace.PROFILE, 8)]:
+        seq = bench.next_seq()
+        want = b"".join(bench.expected_word(space.value, 0, a).to_bytes(4, "little") for a in range(count))
+        bench.check(build_frame(seq, LinkCommand.READ_MEMORY, mem_header(space.value, 0, count, 0)),
+                    (seq, LinkStatus.ACK, want))
+    assert bench.expected_word(MemorySpace.STDP.value, 0, w_min) == 50
+
+
+def inject_frame(seq, events):
+    payload = b"".join(s.to_bytes(2, "little") + bytes([c]) + a.to_bytes(2, "little") for s, c, a in events)
+    return build_frame(seq, LinkCommand.INJECT, payload)
+
+
+def test_inject_beyond_the_input_queue_is_refused_and_the_link_keeps_answering():
+    """INJECT frames of more events than the input queue has room for (16 on the loopback) are
+    NAKed QUEUE_FULL, queue nothing, and every later frame (RESET included) is answered; a frame
+    of exactly the room left is taken."""
+    bench = LinkBench()
+    events = [(0, i % 2, i) for i in range(LOOPBACK_QUEUE + 1)]
+    for frame_events, status in [(events, LinkStatus.QUEUE_FULL), (events[:LOOPBACK_QUEUE], LinkStatus.ACK),
+                                 (events[:1], LinkStatus.QUEUE_FULL)]:
+        seq = bench.next_seq()
+        bench.check(inject_frame(seq, frame_events), (seq, status, b""))
+    for command in (LinkCommand.RESET, LinkCommand.IDENTIFY):
+        seq = bench.next_seq()
+        bench.check(build_frame(seq, command), (seq, LinkStatus.ACK, None))
+    assert len([t for t in bench.transactions if t[0] == "inject"]) == LOOPBACK_QUEUE
+    seq = bench.next_seq()
+    bench.check(build_frame(seq, LinkCommand.RUN, (1).to_bytes(4, "little")), (seq, LinkStatus.ACK, b""))
+    bench.seq = drain_output(bench, 1, bench.next_seq()) - 1
+    seq = bench.next_seq()
+    bench.check(inject_frame(seq, [(1, 0, 0)] * LOOPBACK_QUEUE), (seq, LinkStatus.ACK, b""))
