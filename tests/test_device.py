@@ -165,7 +165,7 @@ def test_real_chip_matches_model_through_the_link():
                 base = len(entries)
                 if core == 0:
                     entries.append(neuron | (1 << 16) | (RouteKind.AXON.value << 30))
-                entries.append(neuron | (core << 16) | (RouteKind.HOST.value << 30))
+                entries.append(RouteKind.HOST.value << 30)       # a host entry's axon and core are 0
                 pointers.append(base | ((len(entries) - base) << 16))
         writes.append((MemorySpace.ROUTE_ENTRY, 0, 0, entries))
         writes.append((MemorySpace.ROUTE_POINTER, 0, 0, pointers))
