@@ -106,13 +106,16 @@ def check_write(space, chip, core, addr, words, *, stored=None, error=MemoryMapE
             continue
         low, high = (to_int32(int(words[at - addr]) if written else to_word(stored(at)))
                      for at, written in zip((low_addr, high_addr), inside))
-        if low > high:
-            low_word = decl.locate(chip, low_addr).word
-            high_name = decl.locate(chip, high_addr).word.name
-            lo = low_word.fields[low_word.name].bounds(chip)[0]
-            raise error(f"{low_word.name} = {low} is out of range: allowed [{lo}, {high}] "
-                        f"({low_word.name} <= {high_name})", field=low_word.name, value=low,
-                        allowed=(lo, high), space=space, addr=low_addr)
+        if low > high:          # blame the word written (w_min if both are)
+            blamed, other = (low_addr, high) if inside[0] else (high_addr, low)
+            word_decl = decl.locate(chip, blamed).word
+            low_name, high_name = (decl.locate(chip, at).word.name for at in (low_addr, high_addr))
+            lo, hi = word_decl.fields[word_decl.name].bounds(chip)
+            allowed = (lo, other) if inside[0] else (other, hi)
+            value = low if inside[0] else high
+            raise error(f"{word_decl.name} = {value} is out of range: allowed [{allowed[0]}, {allowed[1]}] "
+                        f"({low_name} <= {high_name})", field=word_decl.name, value=value,
+                        allowed=allowed, space=space, addr=blamed)
     return words
 
 

@@ -7,7 +7,7 @@ queue are NAKed QUEUE_FULL and the chip keeps answering."""
 import numpy as np
 import pytest
 
-from neurofabric.hdl.memory_map import MemoryMapError, size
+from neurofabric.hdl.memory_map import MEMORY_MAP, MemoryMapError, size
 from neurofabric.hdl.protocol import (
     ChipRegister,
     ChipShape,
@@ -32,7 +32,8 @@ def bad_writes(shape):
     """(name, space, addr, words, field): writes every backend must refuse, naming `field`."""
     return [
         ("weight 200", MemorySpace.WEIGHT, 3, [5, 200], "weight"),
-        ("threshold 2**23", MemorySpace.PROFILE, 8 + ProfileField.THRESHOLD.value, [1 << 23], "threshold"),
+        ("threshold 2**23", MemorySpace.PROFILE, MEMORY_MAP[MemorySpace.PROFILE].address(shape, ProfileField.THRESHOLD, 1),
+         [1 << 23], "threshold"),
         ("reset mode 2", MemorySpace.PROFILE, ProfileField.RESET_MODE.value, [2], "reset_mode"),
         ("w_min > w_max in one write", MemorySpace.STDP, W_MIN, [5, 4], "w_min"),
         ("w_min > stored w_max", MemorySpace.STDP, W_MIN, [50], "w_min"),
