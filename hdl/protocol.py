@@ -98,8 +98,8 @@ class ChipShape:
     the gateware (hdl.chip), the model, the host library, the sim device and the boards.
 
     It holds the hardware's rules, so the model refuses a shape the gateware cannot build:
-    `lanes` a power of two dividing `neurons`, ``axons * neurons`` and ``cores * neurons``
-    within the 24-bit addresses of WEIGHT and ROUTE_POINTER."""
+    `lanes` a power of two dividing `neurons`, ``axons * neurons`` within the 24-bit WEIGHT
+    address space (``cores * neurons``, the ROUTE_POINTER space, fits by the bounds below)."""
     cores: int = 1
     neurons: int = 256
     axons: int = 256
@@ -124,10 +124,6 @@ class ChipShape:
             raise ParameterError(f"axons * neurons = {self.axons * self.neurons} is out of range: allowed "
                                  f"[1, {1 << 24}] (the WEIGHT address space)", field="axons * neurons",
                                  value=self.axons * self.neurons, allowed=(1, 1 << 24))
-        if self.cores * self.neurons > 1 << 24:
-            raise ParameterError(f"cores * neurons = {self.cores * self.neurons} is out of range: allowed "
-                                 f"[1, {1 << 24}] (the ROUTE_POINTER address space)", field="cores * neurons",
-                                 value=self.cores * self.neurons, allowed=(1, 1 << 24))
 
 
 class ResetMode(enum.Enum, shape=1):

@@ -93,8 +93,6 @@ def test_chip_shape_refuses_what_the_gateware_cannot_build():
     assert caught.value.field == "lanes"
     with pytest.raises(ParameterError, match="WEIGHT address space"):
         ChipShape(neurons=1 << 16, axons=1 << 9, lanes=8)
-    with pytest.raises(ParameterError, match="ROUTE_POINTER address space"):
-        ChipShape(cores=255, neurons=1 << 16, axons=1, lanes=8)
 
 
 def interesting_words(rng, word_decl):
