@@ -68,7 +68,7 @@ class ChipSignature(wiring.Signature):
     """The ports of a :class:`Chip` (members from the chip's side): the memory port ``mem`` /
     ``mem_resp`` (:class:`~neurofabric.hdl.core_memory.MemorySignature`), ``inject`` (input
     events), ``run`` (step counts), ``out`` (SPIKE events and STEP markers), ``step`` (the steps
-    done) and ``running``."""
+    done), ``running`` and ``input_free`` (entries free in the input queue)."""
 
     def __init__(self):
         super().__init__({
@@ -78,6 +78,7 @@ class ChipSignature(wiring.Signature):
             "out": Out(stream.Signature(Event)),
             "step": Out(32),
             "running": Out(1),
+            "input_free": Out(17),      #: entries free in the input queue now (INJECT never waits)
         })
 
     def __eq__(self, other):
@@ -160,6 +161,7 @@ class Chip(CheckedComponent):
         m.d.comb += [
             self.step.eq(controller.step),
             self.running.eq(controller.running),
+            self.input_free.eq(controller.input_free),
         ]
 
         self._feed_cores(m)

@@ -73,6 +73,7 @@ class StepController(CheckedComponent):
             "late": Out(1),
             "step_done": Out(1),
             "queue_empty": Out(1),
+            "input_free": Out(17),
             "hold": In(1),
             "resting": Out(1),
             "starting": Out(1),
@@ -99,7 +100,7 @@ class StepController(CheckedComponent):
         head = Signal(InputEvent)
         m.d.comb += [head.step.eq(head_queued.step), head.axon.eq(head_queued.axon),
                      head.core.eq(head_queued.core)]
-        m.d.comb += self.queue_empty.eq(queue.level == 0)
+        m.d.comb += [self.queue_empty.eq(queue.level == 0), self.input_free.eq(self.queue_depth - queue.level)]
 
         remaining = Signal(32)
         finishing = Signal()            # this cycle's marker is taken: one step fewer

@@ -99,7 +99,7 @@ class ChipShape:
 
     It holds the hardware's rules, so the model refuses a shape the gateware cannot build:
     `lanes` a power of two dividing `neurons`, ``axons * neurons`` within the 24-bit WEIGHT
-    address space."""
+    address space (``cores * neurons``, the ROUTE_POINTER space, fits by the bounds below)."""
     cores: int = 1
     neurons: int = 256
     axons: int = 256
@@ -292,7 +292,7 @@ __all__ += [
 #   0x00, COBS(seq u8, command u8, payload..., CRC-32 u32 over seq..payload), 0x00
 # A reply frame echoes `seq` and carries a LinkStatus byte where the command byte was.
 
-LINK_VERSION = 3            #: identify reply `version`; bumped on any wire-format change
+LINK_VERSION = 4            #: identify reply `version`; bumped on any wire-format change
 #: largest payload (bytes) of a request or a reply frame: the link's receive buffer (header,
 #: payload, CRC) and reply buffer (a reply, then a NAK) fit 1024 bytes, two iCE40 block RAMs each
 LINK_MAX_PAYLOAD = 1012
@@ -336,5 +336,6 @@ class LinkStatus(enum.Enum, shape=8):
     TOO_LONG = 0x03         #: body longer than the receive buffer; rest discarded
     UNKNOWN_COMMAND = 0x04  #: command byte is not a LinkCommand
     BAD_LENGTH = 0x05       #: payload length does not match the command
-    OUT_OF_RANGE = 0x06     #: a field (space, core, count, addr, axon) is out of range
+    OUT_OF_RANGE = 0x06     #: a field (space, core, count, addr, axon, a memory word) is out of range
     BUSY = 0x07             #: the chip cannot take this command now (memory write while running)
+    QUEUE_FULL = 0x08       #: INJECT with more events than the chip's input queue has room for now

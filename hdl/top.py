@@ -92,6 +92,7 @@ class LinkedChip(CheckedComponent):
         wiring.connect(m, link.tx, wiring.flipped(self.tx))
         m.d.comb += [
             link.running.eq(chip.running),
+            link.input_free.eq(chip.input_free),
             self.idle.eq(link.idle & ~chip.running),
             self.step.eq(chip.step),
         ]

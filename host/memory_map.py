@@ -12,7 +12,7 @@ import numpy as np
 
 from neurofabric.hdl.memory_map import MEMORY_MAP, WORD_BITS, MemoryMapError, space_of, to_int32, to_word
 
-__all__ = ["check_access", "check_word", "check_write", "to_words", "MemoryMapError"]
+__all__ = ["check_access", "check_word", "check_write", "to_words", "random_words", "MemoryMapError"]
 
 
 def _check_int(name, value, lo, hi, error):
@@ -106,11 +106,42 @@ def check_write(space, chip, core, addr, words, *, stored=None, error=MemoryMapE
             continue
         low, high = (to_int32(int(words[at - addr]) if written else to_word(stored(at)))
                      for at, written in zip((low_addr, high_addr), inside))
-        if low > high:
-            low_word = decl.locate(chip, low_addr).word
-            high_name = decl.locate(chip, high_addr).word.name
-            lo = low_word.fields[low_word.name].bounds(chip)[0]
-            raise error(f"{low_word.name} = {low} is out of range: allowed [{lo}, {high}] "
-                        f"({low_word.name} <= {high_name})", field=low_word.name, value=low,
-                        allowed=(lo, high), space=space, addr=low_addr)
+        if low > high:          # blame the word written (w_min if both are)
+            blamed, other = (low_addr, high) if inside[0] else (high_addr, low)
+            word_decl = decl.locate(chip, blamed).word
+            low_name, high_name = (decl.locate(chip, at).word.name for at in (low_addr, high_addr))
+            lo, hi = word_decl.fields[word_decl.name].bounds(chip)
+            allowed = (lo, other) if inside[0] else (other, hi)
+            value = low if inside[0] else high
+            raise error(f"{word_decl.name} = {value} is out of range: allowed [{allowed[0]}, {allowed[1]}] "
+                        f"({low_name} <= {high_name})", field=word_decl.name, value=value,
+                        allowed=allowed, space=space, addr=blamed)
     return words
+
+
+def random_words(rng, space, chip, addr, count, *, stored=None, attempts=100):
+    """`count` random words the memory map accepts at ``addr ..`` of `space` (for tests and
+    benches): every field uniform in its range, drawn again while a rule between words
+    (``w_min <= w_max``, against `stored` outside the write) refuses them. `rng` is a
+    ``random.Random`` or a numpy ``Generator``."""
+    space = space_of(space)
+    draw = rng.randrange if hasattr(rng, "randrange") else (lambda lo, hi: int(rng.integers(lo, hi)))
+    decl = MEMORY_MAP[space]
+    for _ in range(attempts):
+        words = []
+        for offset in range(count):
+            word_decl = decl.locate(chip, addr + offset).word
+            values = {}
+            fields = [(name, field) for name, _, _, _, field in word_decl.items if name != "reserved"]
+            for name, field in sorted(fields, key=lambda item: item[1].when is not None):
+                lo, hi = field.bounds(chip)
+                if field.when is not None and values[field.when[0]] == field.when[1]:
+                    lo, hi = field.when[2]
+                values[name] = draw(lo, hi + 1)
+            words.append(word_decl.pack(**values))
+        try:
+            return check_write(space, chip, 0, addr, words, stored=stored)
+        except MemoryMapError:
+            continue
+    raise MemoryMapError(f"no valid words for {space.name}[{addr}..{addr + count - 1}] in {attempts} draws",
+                         field="words", value=count, allowed=None, space=space, addr=addr)
