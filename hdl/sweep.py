@@ -281,11 +281,7 @@ class UpdateSweep(wiring.Component):
             return pipeline_register(m, f"sweep_{name}", value, shape)
 
         def counter(name, valid):
-            """The index of the neuron at the stage whose valid bit is `valid`: neurons pass
-            every stage in order, one per valid cycle (no pipeline register carries it)."""
-            index = Signal(range(N), name=f"sweep_{name}")
-            m.d.sync += index.eq(Mux(sweep_pending, 0, Mux(valid, Mux(index == N - 1, 0, index + 1), index)))
-            return index
+            return self._neuron_counter(m, f"sweep_{name}", valid, sweep_pending)
 
         # a request addresses both per-neuron memories (the sweep: state_mem at S0,
         # neuron_mem at S2)
@@ -431,6 +427,16 @@ class UpdateSweep(wiring.Component):
             with m.Else():
                 m.d.sync += sweep_neuron.eq(sweep_neuron + 1)
         return sweep_pending, sweep_issue, sweep_neuron
+
+    def _neuron_counter(self, m, name, valid, restart):
+        """The index of the neuron at the stage whose valid bit is `valid`: neurons pass every
+        stage in order, one per valid cycle, so no pipeline register carries it."""
+        index = Signal(range(self.neurons), name=name)
+        with m.If(restart):
+            m.d.sync += index.eq(0)
+        with m.Elif(valid):
+            m.d.sync += index.eq(Mux(index == self.neurons - 1, 0, index + 1))
+        return index
 
     @staticmethod
     def _threshold_difference(m, v_bias, u, effective):
