@@ -103,13 +103,13 @@ class NeuronProfiles(wiring.Component):
         m = Module()
         bus, request = self.bus, self.bus.request
         decoder = CoreDecoder(request, self.shape)
-        m.submodules.decay_mem = decay_mem = Memory(
+        m.submodules.profile_decay_mem = decay_mem = Memory(
             shape=unsigned(3 * FACTOR_BITS + 1), depth=PROFILE_COUNT,
             init=[DECAY_ONE * (1 + (1 << FACTOR_BITS) + (1 << 2 * FACTOR_BITS))] * PROFILE_COUNT)
-        m.submodules.threshold_mem = threshold_mem = Memory(
+        m.submodules.profile_threshold_mem = threshold_mem = Memory(
             shape=data.ArrayLayout(signed(STATE_BITS), 2), depth=PROFILE_COUNT,
             init=[[DEFAULT_THRESHOLD, 0]] * PROFILE_COUNT)   # threshold, theta_plus
-        m.submodules.reset_mem = reset_mem = Memory(
+        m.submodules.profile_reset_mem = reset_mem = Memory(
             shape=unsigned(STATE_BITS + REFRACTORY_BITS), depth=PROFILE_COUNT, init=[])
         decay_rd = decay_mem.read_port(transparent_for=())
         decay_wr = decay_mem.write_port(granularity=1)      # one bit per enable bit
