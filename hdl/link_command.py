@@ -105,6 +105,7 @@ class _State:
         self.words_left = Signal(16)
         self.check_addr = Signal(24)
         self.check_left = Signal(16)
+        self.word_ok = Signal()
         self.low, self.high = Signal(32), Signal(32)        # the Order rule's words
         self.has_low, self.has_high = Signal(), Signal()
         self.status = Signal(LinkStatus)
@@ -278,14 +279,19 @@ class CommandExecutor(wiring.Component):
             with m.If(s.byte_index == 3):
                 m.d.sync += s.byte_index.eq(0)
                 m.next = "CHECK-WRITE-WORD"
+        # The checker's verdict is registered (WORD), then acted on (VERDICT): its logic ends
+        # at a flip-flop.
         with m.State("CHECK-WRITE-WORD"):
-            with m.If(~checker.ok):
+            m.d.sync += s.word_ok.eq(checker.ok)
+            with m.If(is_rule_space & (s.check_addr == low_addr)):
+                m.d.sync += [s.has_low.eq(1), s.low.eq(s.word)]
+            with m.If(is_rule_space & (s.check_addr == high_addr)):
+                m.d.sync += [s.has_high.eq(1), s.high.eq(s.word)]
+            m.next = "CHECK-WRITE-VERDICT"
+        with m.State("CHECK-WRITE-VERDICT"):
+            with m.If(~s.word_ok):
                 self._nak(m, s, LinkStatus.OUT_OF_RANGE)
             with m.Else():
-                with m.If(is_rule_space & (s.check_addr == low_addr)):
-                    m.d.sync += [s.has_low.eq(1), s.low.eq(s.word)]
-                with m.If(is_rule_space & (s.check_addr == high_addr)):
-                    m.d.sync += [s.has_high.eq(1), s.high.eq(s.word)]
                 m.d.sync += [s.check_addr.eq(s.check_addr + 1), s.check_left.eq(s.check_left - 1)]
                 m.next = "CHECK-WRITE-NEXT"
         with m.State("CHECK-WRITE-DONE"):

@@ -452,6 +452,27 @@ class WordChecker(wiring.Component):
         self.chip = chip
         super().__init__()
 
+    @staticmethod
+    def _in_range(raw, is_signed, lo, hi):
+        """`raw` (bits, read as signed if `is_signed`) in [lo, hi], with comparators only as wide
+        as the bounds need (a range of whole bits is a check of the bits above it)."""
+        width = len(raw)
+        if lo >= 0:
+            bits = max(1, hi.bit_length())
+            ok = (raw[bits:] == 0) if width > bits else 1
+            low = raw[:bits]
+            if hi != (1 << bits) - 1:
+                ok = ok & (low <= hi)
+            if lo > 0:
+                ok = ok & (low >= lo)
+            return ok
+        bits = max(hi.bit_length(), (-lo - 1).bit_length()) + 1
+        if is_signed and lo == -(1 << (bits - 1)) and hi == (1 << (bits - 1)) - 1:
+            top = raw[bits - 1:]            # a sign extension: all zeros or all ones
+            return (top == 0) | (top == (1 << len(top)) - 1)
+        value = raw.as_signed() if is_signed else raw
+        return (value >= lo) & (value <= hi)
+
     def _word_ok(self, m, word_decl):
         chip = self.chip
         if word_decl.read_only or (word_decl.requires is not None and not word_decl.requires(chip)):
@@ -459,18 +480,14 @@ class WordChecker(wiring.Component):
         if word_decl.extended:
             (field,) = word_decl.fields.values()
             lo, hi = field.bounds(chip)
-            value = self.data.as_signed() if Shape.cast(field.shape).signed else self.data
-            return (value >= lo) & (value <= hi)
-        bits = {name: self.data[offset:offset + width].as_signed() if is_signed else self.data[offset:offset + width]
-                for name, offset, width, is_signed, _ in word_decl.items}
+            return self._in_range(self.data, Shape.cast(field.shape).signed, lo, hi)
+        bits = {name: self.data[offset:offset + width] for name, offset, width, _, _ in word_decl.items}
         ok = 1
-        for name, _, _, _, field in word_decl.items:
-            value = bits[name]
-            lo, hi = field.bounds(chip)
-            in_range = (value >= lo) & (value <= hi)
+        for name, _, _, is_signed, field in word_decl.items:
+            in_range = self._in_range(bits[name], is_signed, *field.bounds(chip))
             if field.when is not None:
                 other, match, (alt_lo, alt_hi) = field.when
-                in_range = Mux(bits[other] == match, (value >= alt_lo) & (value <= alt_hi), in_range)
+                in_range = Mux(bits[other] == match, self._in_range(bits[name], is_signed, alt_lo, alt_hi), in_range)
             ok = ok & in_range
         return ok
 
