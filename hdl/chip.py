@@ -43,7 +43,10 @@ from amaranth.hdl import Array, Cat, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from neurofabric.hdl.checked import CheckedComponent
 from neurofabric.hdl.controller import StepController
+from neurofabric.hdl.core import NeuronCore
+from neurofabric.hdl.core_memory import MemorySignature
 from neurofabric.hdl.encoder import InputEncoder
 from neurofabric.hdl.pipeline import SkidBuffer
 from neurofabric.hdl.protocol import (
@@ -58,17 +61,42 @@ from neurofabric.hdl.protocol import (
 )
 from neurofabric.hdl.router import MEM_OK, MEM_REFUSED, Router
 
-__all__ = ["Chip", "MEM_OK", "MEM_REFUSED"]
+__all__ = ["Chip", "ChipSignature", "MEM_OK", "MEM_REFUSED"]
 
 
-class Chip(wiring.Component):
+class ChipSignature(wiring.Signature):
+    """The ports of a :class:`Chip` (members from the chip's side): the memory port ``mem`` /
+    ``mem_resp`` (:class:`~neurofabric.hdl.core_memory.MemorySignature`), ``inject`` (input
+    events), ``run`` (step counts), ``out`` (SPIKE events and STEP markers), ``step`` (the steps
+    done), ``running`` and ``input_free`` (entries free in the input queue)."""
+
+    def __init__(self):
+        super().__init__({
+            **MemorySignature().members,
+            "inject": In(stream.Signature(InputEvent)),
+            "run": In(stream.Signature(32)),
+            "out": Out(stream.Signature(Event)),
+            "step": Out(32),
+            "running": Out(1),
+            "input_free": Out(17),      #: entries free in the input queue now (INJECT never waits)
+        })
+
+    def __eq__(self, other):
+        return type(other) is type(self)
+
+    def __hash__(self):
+        return hash(type(self))
+
+
+class Chip(CheckedComponent):
     """`shape.cores` neuron cores joined by the router, sequenced by the step controller.
 
     `core_factory(index)` builds core `index` (default: ``NeuronCore(neurons, axons, lanes,
     learning=learning, request_held=True)`` from :mod:`neurofabric.hdl.core`); any component
-    with the core's ports works (the chip holds ``mem.payload`` from a request's acceptance until
-    its response is taken). With ``learning=True`` every core must have the ``learn`` and ``reward`` inputs of a
-    learning ``NeuronCore``; they are driven from the chip registers.
+    with the core's ports (:class:`~neurofabric.hdl.core.CoreSignature`) works (the chip holds
+    ``mem.payload`` from a request's acceptance until its response is taken). With
+    ``learning=True`` every core must have the ``learn`` and ``reward`` inputs of a learning
+    ``NeuronCore``; they are driven from the chip registers.
     `input_queue_depth` input events can wait ahead of the running step. FIFO depths of the
     router and `route_init` = (pointer_init, entry_init) are passed through to the router.
     With `request_held`, the driver of `mem` keeps ``mem.payload`` unchanged from a request's
@@ -76,15 +104,21 @@ class Chip(wiring.Component):
     does), and the chip keeps no copy of the request (69 flip-flops fewer).
     """
 
+    @classmethod
+    def check_parameters(cls, shape, *, core_factory=None, input_queue_depth=64, spike_fifo_depth=4,
+                         axon_fifo_depth=8, host_fifo_depth=8, route_init=None, learning=False,
+                         request_held=False):
+        if not isinstance(learning, bool):
+            raise ValueError(f"learning must be True or False, not {learning!r}")
+        if not isinstance(request_held, bool):
+            raise ValueError(f"request_held must be True or False, not {request_held!r}")
+        Router.check_parameters(shape, spike_fifo_depth=spike_fifo_depth, axon_fifo_depth=axon_fifo_depth,
+                                host_fifo_depth=host_fifo_depth)
+        StepController.check_parameters(cores=shape.cores, axons=shape.axons, queue_depth=input_queue_depth)
+
     def __init__(self, shape, *, core_factory=None, input_queue_depth=64, spike_fifo_depth=4,
                  axon_fifo_depth=8, host_fifo_depth=8, route_init=None, learning=False,
                  request_held=False):
-        if not isinstance(learning, bool):
-            self._MustUse__silence = True       # a rejected configuration is not an unused design
-            raise ValueError(f"learning must be True or False, not {learning!r}")
-        if not isinstance(request_held, bool):
-            self._MustUse__silence = True
-            raise ValueError(f"request_held must be True or False, not {request_held!r}")
         self.shape = shape
         self.learning = learning
         self.request_held = request_held
@@ -93,7 +127,6 @@ class Chip(wiring.Component):
         self.router_depths = dict(spike_fifo_depth=spike_fifo_depth, axon_fifo_depth=axon_fifo_depth,
                                   host_fifo_depth=host_fifo_depth)
         if core_factory is None:
-            from neurofabric.hdl.core import NeuronCore  # noqa: PLC0415
             # the chip holds each core's mem.payload (its `request` register) until the response
             core_factory = lambda index: NeuronCore(shape.neurons, shape.axons, shape.lanes,  # noqa: E731
                                                     learning=learning, request_held=True)
@@ -102,11 +135,9 @@ class Chip(wiring.Component):
             for index, core in enumerate(self.cores):
                 members = core.signature.members
                 if "learn" not in members or "reward" not in members:
-                    for part in [self, *self.cores]:
-                        part._MustUse__silence = True
                     raise ValueError(f"learning=True needs cores with learn and reward inputs; "
                                      f"core {index} ({type(core).__name__}) has none")
-        # build the parts now so bad parameters fail at construction
+        # the parts (their parameters were checked before the chip was created)
         pointer_init, entry_init = route_init or ((), ())
         self.router = Router(shape, **self.router_depths, pointer_init=pointer_init, entry_init=entry_init)
         self.controller = StepController(cores=shape.cores, axons=shape.axons, queue_depth=input_queue_depth)
@@ -115,19 +146,10 @@ class Chip(wiring.Component):
                                                             "core": range(shape.cores)}))
         self.encoder_channels = shape.encoder_channels
         self.encoder = InputEncoder(shape) if shape.encoder_channels else None
-        super().__init__({
-            "mem": In(stream.Signature(MemRequest)),
-            "mem_resp": Out(stream.Signature(32)),
-            "inject": In(stream.Signature(InputEvent)),
-            "run": In(stream.Signature(32)),
-            "out": Out(stream.Signature(Event)),
-            "step": Out(32),
-            "running": Out(1),
-        })
+        super().__init__(ChipSignature())
 
     def elaborate(self, platform):
         m = Module()
-        shape = self.shape
         m.submodules.router = router = self.router
         m.submodules.controller = controller = self.controller
         cores = self.cores
@@ -139,9 +161,31 @@ class Chip(wiring.Component):
         m.d.comb += [
             self.step.eq(controller.step),
             self.running.eq(controller.running),
+            self.input_free.eq(controller.input_free),
         ]
 
-        # --- cores <-> router, inputs ---------------------------------------------------------
+        self._feed_cores(m)
+        # --- output: the router's host events, then the step marker ------------------------------
+        with m.If(router.host.valid):
+            wiring.connect(m, router.host, wiring.flipped(self.out))
+        with m.Else():
+            wiring.connect(m, controller.marker, wiring.flipped(self.out))
+
+        counters = self._counters(m)
+        # --- chip registers --------------------------------------------------------------------
+        learning = Signal(init=1)
+        reward = Signal(8, init=1)
+        if self.learning:
+            for core in cores:
+                m.d.comb += [core.learn.eq(learning), core.reward.eq(reward.as_signed())]
+
+        self._memory_requests(m, counters, learning, reward)
+        return m
+
+    def _feed_cores(self, m):
+        """Cores <-> router, and the inputs of the cores: routed events first, then the input
+        encoder's, then the host's; the controller learns when everything is idle."""
+        controller, router, cores = self.controller, self.router, self.cores
         # host inputs pass a register slice: the controller's step-tag compare stays out of the
         # cores' input logic
         m.submodules.deliver_slice = deliver_slice = self._deliver_slice
@@ -195,13 +239,10 @@ class Chip(wiring.Component):
         m.d.comb += controller.idle.eq(~cores_busy & ~router.busy & ~deliver.valid & ~controller.deliver.valid
                                        & ~encoder_busy)
 
-        # --- output: the router's host events, then the step marker ------------------------------
-        with m.If(router.host.valid):
-            wiring.connect(m, router.host, wiring.flipped(self.out))
-        with m.Else():
-            wiring.connect(m, controller.marker, wiring.flipped(self.out))
 
-        # --- counters --------------------------------------------------------------------------
+    def _counters(self, m):
+        """The chip's event counters (``MemorySpace.COUNTER``), by :class:`Counter`."""
+        shape, controller, router = self.shape, self.controller, self.router
         counters = {c: Signal(32, name=f"counter_{c.name.lower()}") for c in Counter}
         pulses = {
             Counter.STEPS: controller.step_done,
@@ -228,14 +269,13 @@ class Chip(wiring.Component):
         with m.Elif(router.axon_sent):
             m.d.sync += routed_pending.eq(routed_pending + 1)
 
-        # --- chip registers --------------------------------------------------------------------
-        learning = Signal(init=1)
-        reward = Signal(8, init=1)
-        if self.learning:
-            for core in cores:
-                m.d.comb += [core.learn.eq(learning), core.reward.eq(reward.as_signed())]
+        return counters
 
-        # --- memory requests ---------------------------------------------------------------------
+    def _memory_requests(self, m, counters, learning, reward):
+        """The chip's memory port: requests to the router, the encoder and the cores are
+        forwarded between steps; COUNTER, CHIP and the chip's STDP REWARD are answered here."""
+        shape, controller, router, cores, encoder = (self.shape, self.controller, self.router, self.cores,
+                                                     self.encoder)
         request = self.mem.payload if self.request_held else Signal(MemRequest)
         resp_data = Signal(32)
         is_router = (request.mem == MemorySpace.ROUTE_POINTER) | (request.mem == MemorySpace.ROUTE_ENTRY)
@@ -372,5 +412,3 @@ class Chip(wiring.Component):
                 with m.If(self.mem_resp.ready):
                     m.next = "IDLE"
 
-        self.learning, self.reward = learning, reward
-        return m

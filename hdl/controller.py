@@ -18,9 +18,10 @@ for now if ``tag == t mod 2**16``, for the future if ``(tag - t) mod 2**16 < 2**
 """
 
 from amaranth.hdl import Assert, Module, Mux, Signal
-from amaranth.lib import data, fifo, stream, wiring
+from amaranth.lib import data, fifo, stream
 from amaranth.lib.wiring import In, Out
 
+from neurofabric.hdl.checked import CheckedComponent
 from neurofabric.hdl.protocol import Event, EventKind, InputEvent
 
 __all__ = ["StepController", "GUARD_CYCLES"]
@@ -30,7 +31,7 @@ __all__ = ["StepController", "GUARD_CYCLES"]
 GUARD_CYCLES = 2
 
 
-class StepController(wiring.Component):
+class StepController(CheckedComponent):
     """Sequences time steps for a chip of `cores` cores of `axons` axons.
 
     Ports: ``inject`` (host input events, nondecreasing step tags, queued in a FIFO of
@@ -50,10 +51,12 @@ class StepController(wiring.Component):
     axon that exist (checked as it is queued; one that does not is dropped at its step).
     """
 
-    def __init__(self, *, cores, axons, queue_depth=64):
+    @classmethod
+    def check_parameters(cls, *, cores, axons, queue_depth=64):
         if not isinstance(queue_depth, int) or not 2 <= queue_depth <= 65536:
-            self._MustUse__silence = True
             raise ValueError(f"queue_depth = {queue_depth!r} is out of range: allowed integers 2..65536")
+
+    def __init__(self, *, cores, axons, queue_depth=64):
         self.cores = cores
         self.axons = axons
         self.queue_depth = queue_depth
@@ -70,6 +73,7 @@ class StepController(wiring.Component):
             "late": Out(1),
             "step_done": Out(1),
             "queue_empty": Out(1),
+            "input_free": Out(17),
             "hold": In(1),
             "resting": Out(1),
             "starting": Out(1),
@@ -96,7 +100,7 @@ class StepController(wiring.Component):
         head = Signal(InputEvent)
         m.d.comb += [head.step.eq(head_queued.step), head.axon.eq(head_queued.axon),
                      head.core.eq(head_queued.core)]
-        m.d.comb += self.queue_empty.eq(queue.level == 0)
+        m.d.comb += [self.queue_empty.eq(queue.level == 0), self.input_free.eq(self.queue_depth - queue.level)]
 
         remaining = Signal(32)
         finishing = Signal()            # this cycle's marker is taken: one step fewer

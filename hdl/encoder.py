@@ -18,11 +18,15 @@ A spike is an AXON event ``(core, axon)`` on ``events``, which the chip delivers
 the step that is starting (docs/semantics.md: after the routed spikes, before host inputs).
 """
 
+from types import SimpleNamespace
+
 from amaranth.hdl import Assert, Const, Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from neurofabric.hdl.checked import CheckedComponent
+from neurofabric.hdl.core_memory import MemorySignature
 from neurofabric.hdl.pipeline import SkidBuffer
 from neurofabric.hdl.protocol import (
     ENCODER_DRAW_BITS,
@@ -37,7 +41,6 @@ from neurofabric.hdl.protocol import (
     EncoderMode,
     EncoderTarget,
     MemorySpace,
-    MemRequest,
 )
 from neurofabric.hdl.router import MEM_OK, MEM_REFUSED
 
@@ -67,7 +70,7 @@ def lfsr_ahead(state, steps=ENCODER_LFSR_STEPS, bits=ENCODER_LFSR_BITS, taps=ENC
     return result[:bits]
 
 
-class InputEncoder(wiring.Component):
+class InputEncoder(CheckedComponent):
     """`shape.encoder_channels` input encoder channels of a chip of `shape`.
 
     Ports:
@@ -93,26 +96,27 @@ class InputEncoder(wiring.Component):
     after they are accepted.
     """
 
-    def __init__(self, shape):
+    @classmethod
+    def check_parameters(cls, shape):
         channels = getattr(shape, "encoder_channels", 0)
         if not isinstance(channels, int) or channels < 1:
-            self._MustUse__silence = True       # a rejected configuration is not an unused design
             raise ValueError(f"encoder_channels = {channels!r} is out of range: an InputEncoder needs "
                              "at least 1 channel")
+
+    def __init__(self, shape):
         self.shape = shape
-        self.channels = channels
+        self.channels = shape.encoder_channels
         self._slice = SkidBuffer(EncoderTarget)
         super().__init__({
             "start": In(1),
             "busy": Out(1),
             "events": Out(stream.Signature(EncoderTarget)),
-            "mem": In(stream.Signature(MemRequest)),
-            "mem_resp": Out(stream.Signature(32)),
+            **MemorySignature().members,
         })
 
     def elaborate(self, platform):
         m = Module()
-        shape, channels = self.shape, self.channels
+        channels = self.channels
 
         m.submodules.rate_mem = rate_mem = Memory(shape=ENCODER_RATE_BITS, depth=channels, init=[])
         m.submodules.phase_mem = phase_mem = Memory(shape=ENCODER_PHASE_BITS, depth=channels, init=[])
@@ -121,7 +125,8 @@ class InputEncoder(wiring.Component):
         rate_rd = rate_mem.read_port(transparent_for=())
         phase_rd = phase_mem.read_port(transparent_for=())
         target_rd = target_mem.read_port(transparent_for=())
-        read_ports = (rate_rd, phase_rd, target_rd)
+        ports = SimpleNamespace(rate_rd=rate_rd, phase_rd=phase_rd, target_rd=target_rd,
+                                rate_wr=rate_wr, phase_wr=phase_wr, target_wr=target_wr)
 
         m.submodules.slice = out_slice = self._slice
         wiring.connect(m, out_slice.o_stream, wiring.flipped(self.events))
@@ -134,8 +139,18 @@ class InputEncoder(wiring.Component):
         lfsr = Signal(ENCODER_LFSR_BITS, init=1)
         lfsr_step = Signal(ENCODER_LFSR_BITS)
         m.d.comb += lfsr_step.eq(lfsr_ahead(lfsr))
+        registers = SimpleNamespace(enabled=enabled, mode=mode, seed=seed, steps_left=steps_left, lfsr=lfsr)
 
-        # --- the sweep: read channel `next_channel`; judge channel `channel` one cycle later -----
+        sweep = self._sweep(m, ports, registers, lfsr_step, out_slice)
+        self._host_access(m, ports, registers, sweep)
+        return m
+
+    def _sweep(self, m, ports, registers, lfsr_step, out_slice):
+        """The sweep: read channel `next_channel`; judge channel `channel` one cycle later and
+        offer its event to `out_slice`. Its state, in a namespace."""
+        channels = self.channels
+        rate_rd, phase_rd, target_rd = ports.rate_rd, ports.phase_rd, ports.target_rd
+        enabled, mode, steps_left, lfsr = registers.enabled, registers.mode, registers.steps_left, registers.lfsr
         sweeping = Signal()
         next_channel = Signal(range(channels + 1))
         have = Signal()                 # the read ports hold channel `channel`
@@ -175,7 +190,20 @@ class InputEncoder(wiring.Component):
                     m.d.sync += enabled.eq(0)
         m.d.comb += self.busy.eq(sweeping | out_slice.o_stream.valid)
 
-        # --- host access: MemorySpace.ENCODER and the two chip registers ------------------------
+        return SimpleNamespace(sweeping=sweeping, next_channel=next_channel, channel=channel,
+                               sweep_read=sweep_read, total=total, done=done)
+
+    def _host_access(self, m, ports, registers, sweep):
+        """``MemorySpace.ENCODER`` and the chip registers ENCODER, ENCODER_SEED and ENCODER_STEPS:
+        writes are checked and land in the cycle they are accepted, reads answer a cycle later."""
+        shape, channels = self.shape, self.channels
+        rate_rd, phase_rd, target_rd = ports.rate_rd, ports.phase_rd, ports.target_rd
+        rate_wr, phase_wr, target_wr = ports.rate_wr, ports.phase_wr, ports.target_wr
+        read_ports = (rate_rd, phase_rd, target_rd)
+        enabled, mode, seed = registers.enabled, registers.mode, registers.seed
+        steps_left, lfsr = registers.steps_left, registers.lfsr
+        sweeping, next_channel, channel = sweep.sweeping, sweep.next_channel, sweep.channel
+        sweep_read, total, done = sweep.sweep_read, sweep.total, sweep.done
         request = self.mem.payload
         resp_valid = Signal()
         resp_data = Signal(32)
@@ -278,4 +306,3 @@ class InputEncoder(wiring.Component):
             m.d.sync += resp_valid.eq(0)
         # the chip starts no sweep while a memory request is in flight (it holds the controller)
         m.d.comb += Assert(~(self.start & enabled & (read_pending | resp_valid)))
-        return m

@@ -7,7 +7,8 @@ simply enough that a test can predict everything it does:
   ``ADDRESSES`` reads 0 and ignores writes; a read of ``MemorySpace.CHIP`` address
   ``ChipRegister.STEP`` returns ``step``. Every request gets exactly one response on
   ``mem_resp`` one cycle after it is accepted (the read data, or 0 for a write).
-- ``inject``/``run``/``out``: injected events wait in a FIFO of ``input_queue_depth``; ``run`` is
+- ``inject``/``run``/``out``: injected events wait in a FIFO of ``input_queue_depth``
+  (``input_free`` says how many more fit); ``run`` is
   always ready and adds to the steps left to run; each step run
   emits, for every queued event tagged with that step (low 16 bits), a SPIKE event naming its
   core and axon (as the neuron), then a STEP marker (``index`` = step low 16 bits). Events
@@ -43,6 +44,7 @@ class LoopbackChip(wiring.Component):
             "out": Out(stream.Signature(Event)),
             "step": Out(32),
             "running": Out(1),
+            "input_free": Out(17),
         })
 
     @classmethod
@@ -86,6 +88,7 @@ class LoopbackChip(wiring.Component):
             queue.w_data.eq(self.inject.payload.as_value()),
             queue.w_en.eq(self.inject.valid),
             self.inject.ready.eq(queue.w_rdy),
+            self.input_free.eq(self.input_queue_depth - queue.level),
         ]
         head = InputEvent(queue.r_data)
 

@@ -5,13 +5,15 @@ combinational paths through valid/ready handshakes (router stages, core pipeline
 """
 
 from amaranth.hdl import Assert, Module, Shape, ShapeCastable, Signal
-from amaranth.lib import stream, wiring
+from amaranth.lib import stream
 from amaranth.lib.wiring import In, Out
+
+from neurofabric.hdl.checked import CheckedComponent
 
 __all__ = ["SkidBuffer"]
 
 
-class SkidBuffer(wiring.Component):
+class SkidBuffer(CheckedComponent):
     """Two-entry stream register slice ("skid buffer") with registered ``ready`` and ``valid``.
 
     ``o_stream.valid``, ``o_stream.payload`` and ``i_stream.ready`` all come straight from
@@ -45,15 +47,17 @@ class SkidBuffer(wiring.Component):
         The skid register (second entry); read-only, for formal harnesses.
     """
 
-    def __init__(self, payload_shape):
+    @classmethod
+    def check_parameters(cls, payload_shape):
         if not isinstance(payload_shape, ShapeCastable):
             try:
                 Shape.cast(payload_shape)
             except TypeError as error:
-                self._MustUse__silence = True  # no "created but never used" warning on top of the error
                 raise TypeError(
                     f"payload_shape: {payload_shape!r} is not a shape-castable object "
                     f"(expected an int width, signed(n)/unsigned(n), or a data layout)") from error
+
+    def __init__(self, payload_shape):
         self.payload_shape = payload_shape
         super().__init__({
             "i_stream": In(stream.Signature(payload_shape)),

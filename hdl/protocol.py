@@ -71,15 +71,23 @@ def unsigned_range(bits):
 
 
 class ParameterError(ValueError):
-    """A parameter outside its allowed range; the message names the field, value and range."""
+    """A parameter outside its allowed range; the message names the field, value and range,
+    and so do ``field``, ``value`` and ``allowed`` (an inclusive ``(lo, hi)``, or None) when
+    the raiser gives them."""
+
+    def __init__(self, message, *, field=None, value=None, allowed=None):
+        super().__init__(message)
+        self.field, self.value, self.allowed = field, value, allowed
 
 
 def check_parameter(name, value, lo, hi):
     """`value` as an int if it is an integer in [lo, hi], else :class:`ParameterError`."""
     if isinstance(value, bool) or not hasattr(value, "__index__"):
-        raise ParameterError(f"{name} must be an integer in [{lo}, {hi}], not {value!r}")
+        raise ParameterError(f"{name} must be an integer in [{lo}, {hi}], not {value!r}",
+                             field=name, value=value, allowed=(lo, hi))
     if not lo <= int(value) <= hi:
-        raise ParameterError(f"{name} = {int(value)} is out of range: allowed [{lo}, {hi}]")
+        raise ParameterError(f"{name} = {int(value)} is out of range: allowed [{lo}, {hi}]",
+                             field=name, value=int(value), allowed=(lo, hi))
     return int(value)
 
 
@@ -87,7 +95,11 @@ def check_parameter(name, value, lo, hi):
 class ChipShape:
     """The build-time shape of a chip: `cores` cores of `neurons` neurons and `axons` axons,
     integrating `lanes` weights per cycle, with `route_entries` route table entries. Shared by
-    the gateware (hdl.chip), the model, the host library, the sim device and the boards."""
+    the gateware (hdl.chip), the model, the host library, the sim device and the boards.
+
+    It holds the hardware's rules, so the model refuses a shape the gateware cannot build:
+    `lanes` a power of two dividing `neurons`, ``axons * neurons`` within the 24-bit WEIGHT
+    address space (``cores * neurons``, the ROUTE_POINTER space, fits by the bounds below)."""
     cores: int = 1
     neurons: int = 256
     axons: int = 256
@@ -102,8 +114,16 @@ class ChipShape:
         check_parameter("lanes", self.lanes, 1, 64)
         check_parameter("route_entries", self.route_entries, 1, 1 << 16)
         check_parameter("encoder_channels", self.encoder_channels, 0, ENCODER_CHANNELS_MAX)
+        if self.lanes & (self.lanes - 1):
+            raise ParameterError(f"lanes = {self.lanes} must be a power of two in [1, 64]", field="lanes",
+                                 value=self.lanes, allowed=(1, 64))
         if self.neurons % self.lanes:
-            raise ParameterError(f"lanes = {self.lanes} must divide neurons = {self.neurons}")
+            raise ParameterError(f"lanes = {self.lanes} must divide neurons = {self.neurons}", field="lanes",
+                                 value=self.lanes, allowed=(1, 64))
+        if self.axons * self.neurons > 1 << 24:
+            raise ParameterError(f"axons * neurons = {self.axons * self.neurons} is out of range: allowed "
+                                 f"[1, {1 << 24}] (the WEIGHT address space)", field="axons * neurons",
+                                 value=self.axons * self.neurons, allowed=(1, 1 << 24))
 
 
 class ResetMode(enum.Enum, shape=1):
@@ -149,8 +169,10 @@ class RoutePointer(data.Struct):
 
 # --- The memory map: every memory of the chip, as the host link and the model address it -------
 class MemorySpace(enum.Enum, shape=4):
-    """Which memory a :class:`MemRequest` addresses. Data words are 32 bits; signed fields are
-    sign-extended on reads and truncated to their width on writes (docs/protocol.md)."""
+    """Which memory a :class:`MemRequest` addresses. Data words are 32 bits; every space's size,
+    addresses and word layouts (with the range of every field) are declared in
+    ``neurofabric.hdl.memory_map.MEMORY_MAP``: out-of-range words are rejected, never stored
+    truncated (docs/protocol.md, "Memory map")."""
     WEIGHT = 0          #: addr = axon * neurons + neuron; data = int8 weight
     NEURON = 1          #: addr = neuron; data = bias[23:0] | profile index << 24
     PROFILE = 2         #: addr = profile * 8 + ProfileField; data = that field
@@ -270,7 +292,7 @@ __all__ += [
 #   0x00, COBS(seq u8, command u8, payload..., CRC-32 u32 over seq..payload), 0x00
 # A reply frame echoes `seq` and carries a LinkStatus byte where the command byte was.
 
-LINK_VERSION = 3            #: identify reply `version`; bumped on any wire-format change
+LINK_VERSION = 4            #: identify reply `version`; bumped on any wire-format change
 #: largest payload (bytes) of a request or a reply frame: the link's receive buffer (header,
 #: payload, CRC) and reply buffer (a reply, then a NAK) fit 1024 bytes, two iCE40 block RAMs each
 LINK_MAX_PAYLOAD = 1012
@@ -314,5 +336,6 @@ class LinkStatus(enum.Enum, shape=8):
     TOO_LONG = 0x03         #: body longer than the receive buffer; rest discarded
     UNKNOWN_COMMAND = 0x04  #: command byte is not a LinkCommand
     BAD_LENGTH = 0x05       #: payload length does not match the command
-    OUT_OF_RANGE = 0x06     #: a field (space, core, count, addr, axon) is out of range
+    OUT_OF_RANGE = 0x06     #: a field (space, core, count, addr, axon, a memory word) is out of range
     BUSY = 0x07             #: the chip cannot take this command now (memory write while running)
+    QUEUE_FULL = 0x08       #: INJECT with more events than the chip's input queue has room for now

@@ -22,12 +22,13 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
+from neurofabric.hdl.checked import CheckedComponent
+from neurofabric.hdl.core_memory import MemorySignature
 from neurofabric.hdl.pipeline import SkidBuffer
 from neurofabric.hdl.protocol import (
     Event,
     EventKind,
     MemorySpace,
-    MemRequest,
     RouteEntry,
     RouteKind,
     RoutePointer,
@@ -44,7 +45,7 @@ MEM_OK = 0
 MEM_REFUSED = 1
 
 
-class RoundRobinArbiter(wiring.Component):
+class RoundRobinArbiter(CheckedComponent):
     """Round-robin arbiter over `count` requesters.
 
     ``grant`` names the first requester after the last one served (cyclically), and is valid
@@ -54,10 +55,12 @@ class RoundRobinArbiter(wiring.Component):
     Requests must stay up until served (stream rules).
     """
 
-    def __init__(self, count):
+    @classmethod
+    def check_parameters(cls, count):
         if not isinstance(count, int) or count < 1:
-            self._MustUse__silence = True       # no "created but never used" warning
             raise ValueError(f"count = {count!r} is out of range: allowed integers >= 1")
+
+    def __init__(self, count):
         self.count = count
         super().__init__({
             "requests": In(count),
@@ -88,7 +91,7 @@ class RoundRobinArbiter(wiring.Component):
         return m
 
 
-class Router(wiring.Component):
+class Router(CheckedComponent):
     """The chip's AER router for a :class:`~neurofabric.host.model.ChipShape`.
 
     Ports:
@@ -123,19 +126,21 @@ class Router(wiring.Component):
     ready path.
     """
 
-    def __init__(self, shape, *, spike_fifo_depth=4, axon_fifo_depth=8, host_fifo_depth=8,
-                 pointer_init=(), entry_init=()):
+    @classmethod
+    def check_parameters(cls, shape, *, spike_fifo_depth=4, axon_fifo_depth=8, host_fifo_depth=8,
+                         pointer_init=(), entry_init=()):
         for name, lo, hi in (("cores", 1, 255), ("neurons", 1, 1 << 16), ("axons", 1, 1 << 16),
                              ("route_entries", 1, 1 << 16)):
             value = getattr(shape, name, None)
             if not isinstance(value, int) or not lo <= value <= hi:
-                self._MustUse__silence = True
                 raise ValueError(f"shape.{name} = {value!r} is out of range: allowed integers {lo}..{hi}")
         for name, depth in (("spike_fifo_depth", spike_fifo_depth), ("axon_fifo_depth", axon_fifo_depth),
                             ("host_fifo_depth", host_fifo_depth)):
             if not isinstance(depth, int) or not 2 <= depth <= 4096:
-                self._MustUse__silence = True
                 raise ValueError(f"{name} = {depth!r} is out of range: allowed integers 2..4096")
+
+    def __init__(self, shape, *, spike_fifo_depth=4, axon_fifo_depth=8, host_fifo_depth=8,
+                 pointer_init=(), entry_init=()):
         self.shape = shape
         self.spike_fifo_depth = spike_fifo_depth
         self.axon_fifo_depth = axon_fifo_depth
@@ -145,8 +150,7 @@ class Router(wiring.Component):
             "spikes": In(stream.Signature(range(shape.neurons))).array(shape.cores),
             "axons": Out(stream.Signature(range(shape.axons))).array(shape.cores),
             "host": Out(stream.Signature(Event)),
-            "mem": In(stream.Signature(MemRequest)),
-            "mem_resp": Out(stream.Signature(32)),
+            **MemorySignature().members,
             "busy": Out(1),
             "spike_taken": Out(1),
             "axon_sent": Out(1),
@@ -211,36 +215,8 @@ class Router(wiring.Component):
         m.submodules.entry_skid = entry_skid
         self._skids = (pointer_skid, entry_skid)
 
-        # output FIFOs
-        axon_fifos = self._axon_fifos
-        for c, f in enumerate(axon_fifos):
-            m.submodules[f"axon_fifo_{c}"] = f
-            wiring.connect(m, f.r_stream, wiring.flipped(self.axons[c]))
-        host_fifo = self._host_fifo
-        m.submodules.host_fifo = host_fifo
-        wiring.connect(m, host_fifo.r_stream, wiring.flipped(self.host))
-
-        # --- dispatch: from the entry slice into the destination FIFO ---------------------------
-        routed = entry_skid.o_stream
-        entry = routed.payload.entry
-        is_host = entry.kind == RouteKind.HOST
-        axon_ready = Array(f.w_rdy for f in axon_fifos)
-        dispatch_ready = Mux(is_host, host_fifo.w_rdy, axon_ready[entry.core])
-        dispatch = routed.valid & dispatch_ready
-        m.d.comb += routed.ready.eq(dispatch_ready)
-        for c, f in enumerate(axon_fifos):
-            m.d.comb += [
-                f.w_data.eq(entry.axon),
-                f.w_en.eq(routed.valid & ~is_host & (entry.core == c)),
-            ]
-        host_event = Signal(Event)
-        m.d.comb += [
-            host_event.kind.eq(EventKind.SPIKE),
-            host_event.core.eq(routed.payload.core),
-            host_event.index.eq(routed.payload.neuron),
-            host_fifo.w_data.eq(host_event),
-            host_fifo.w_en.eq(routed.valid & is_host),
-        ]
+        axon_fifos, host_fifo = self._axon_fifos, self._host_fifo
+        dispatch, is_host = self._dispatch(m, entry_skid.o_stream)
 
         # --- entry stage: entry_port.data is valid while e_valid ---------------------------------
         e_ready = ~e_valid | entry_skid.i_stream.ready
@@ -331,6 +307,52 @@ class Router(wiring.Component):
         ]
 
         # --- route table access -------------------------------------------------------------------
+        self._route_table_access(m, pointer_port, entry_port, pointer_write, entry_write,
+                                 p_ready, e_ready, steal_pointer, steal_entry, read_addr)
+        return m
+
+    def _dispatch(self, m, routed):
+        """The output FIFOs, and the dispatch of each entry from the entry slice (`routed`) into
+        its destination's FIFO. (a dispatch this cycle, to the host)."""
+        # output FIFOs
+        axon_fifos = self._axon_fifos
+        for c, f in enumerate(axon_fifos):
+            m.submodules[f"axon_fifo_{c}"] = f
+            wiring.connect(m, f.r_stream, wiring.flipped(self.axons[c]))
+        host_fifo = self._host_fifo
+        m.submodules.host_fifo = host_fifo
+        wiring.connect(m, host_fifo.r_stream, wiring.flipped(self.host))
+
+        entry = routed.payload.entry
+        is_host = entry.kind == RouteKind.HOST
+        axon_ready = Array(f.w_rdy for f in axon_fifos)
+        dispatch_ready = Mux(is_host, host_fifo.w_rdy, axon_ready[entry.core])
+        dispatch = routed.valid & dispatch_ready
+        m.d.comb += routed.ready.eq(dispatch_ready)
+        for c, f in enumerate(axon_fifos):
+            m.d.comb += [
+                f.w_data.eq(entry.axon),
+                f.w_en.eq(routed.valid & ~is_host & (entry.core == c)),
+            ]
+        host_event = Signal(Event)
+        m.d.comb += [
+            host_event.kind.eq(EventKind.SPIKE),
+            host_event.core.eq(routed.payload.core),
+            host_event.index.eq(routed.payload.neuron),
+            host_fifo.w_data.eq(host_event),
+            host_fifo.w_en.eq(routed.valid & is_host),
+        ]
+
+        return dispatch, is_host
+
+    def _route_table_access(self, m, pointer_port, entry_port, pointer_write, entry_write,
+                            p_ready, e_ready, steal_pointer, steal_entry, read_addr):
+        """Host access to the route table (``mem``/``mem_resp``): writes are checked and land in
+        the cycle they are accepted; a read waits for a cycle in which the routing stage could
+        use its memory's read port (`p_ready`/`e_ready`) and takes it (`steal_pointer`,
+        `steal_entry`, at `read_addr`)."""
+        shape = self.shape
+        cores, pointer_depth = shape.cores, shape.cores * shape.neurons
         request = self.mem.payload
         resp_valid = Signal()
         resp_data = Signal(32)
@@ -394,7 +416,6 @@ class Router(wiring.Component):
             ]
         with m.If(self.mem_resp.valid & self.mem_resp.ready):
             m.d.sync += resp_valid.eq(0)
-        return m
 
 
 def event_bits(kind, core=0, index=0):

@@ -9,6 +9,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
+from neurofabric.hdl.checked import CheckedComponent
 from neurofabric.hdl.link import HostLink, check_build_name
 from neurofabric.hdl.protocol import LINK_FEATURE_LEARNING, Event
 from neurofabric.hdl.uart import UARTReceiver, UARTTransmitter
@@ -22,7 +23,7 @@ def default_chip_factory(shape, learning=False):
     return Chip(shape, learning=learning)
 
 
-class LinkedChip(wiring.Component):
+class LinkedChip(CheckedComponent):
     """`chip_factory(shape)` behind a :class:`~neurofabric.hdl.link.HostLink`.
 
     Ports: ``rx`` (host -> chip bytes), ``tx`` (chip -> host bytes), ``idle`` (the link waits for
@@ -46,17 +47,16 @@ class LinkedChip(wiring.Component):
     idle: Out(1)
     step: Out(32)
 
-    def __init__(self, shape, *, chip_factory=default_chip_factory, input_queue=None, rx_timeout=1_000_000,
-                 build_name="sim", output_fifo_depth=0):
-        try:
-            check_build_name(build_name)
-        except ValueError:
-            self._MustUse__silence = True       # a rejected configuration is not an unused design
-            raise
+    @classmethod
+    def check_parameters(cls, shape, *, chip_factory=default_chip_factory, input_queue=None,
+                         rx_timeout=1_000_000, build_name="sim", output_fifo_depth=0):
+        check_build_name(build_name)
         if isinstance(output_fifo_depth, bool) or not isinstance(output_fifo_depth, int) or \
                 not 0 <= output_fifo_depth <= 1 << 16:
-            self._MustUse__silence = True
             raise ValueError(f"output_fifo_depth = {output_fifo_depth!r} is out of range: allowed [0, 65536]")
+
+    def __init__(self, shape, *, chip_factory=default_chip_factory, input_queue=None, rx_timeout=1_000_000,
+                 build_name="sim", output_fifo_depth=0):
         self.shape = shape
         self.output_fifo_depth = output_fifo_depth
         self.chip = chip_factory(shape)
@@ -92,13 +92,14 @@ class LinkedChip(wiring.Component):
         wiring.connect(m, link.tx, wiring.flipped(self.tx))
         m.d.comb += [
             link.running.eq(chip.running),
+            link.input_free.eq(chip.input_free),
             self.idle.eq(link.idle & ~chip.running),
             self.step.eq(chip.step),
         ]
         return m
 
 
-class UartLinkedChip(wiring.Component):
+class UartLinkedChip(CheckedComponent):
     """A :class:`LinkedChip` behind an 8N1 UART with clock divisor `divisor` (clock / baud).
 
     Ports: ``uart_rx`` (input pin, idle high), ``uart_tx`` (output pin), ``rx_errors`` (count of
@@ -109,6 +110,11 @@ class UartLinkedChip(wiring.Component):
     uart_rx: In(1, init=1)
     uart_tx: Out(1, init=1)
     rx_errors: Out(16)
+
+    @classmethod
+    def check_parameters(cls, shape, *, divisor, **kwargs):
+        UARTReceiver.check_parameters(divisor)
+        LinkedChip.check_parameters(shape, **kwargs)
 
     def __init__(self, shape, *, divisor, **kwargs):
         self.linked = LinkedChip(shape, **kwargs)

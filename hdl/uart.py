@@ -7,22 +7,26 @@ rejects the frame it belonged to.
 """
 
 from amaranth.hdl import Module, Signal
-from amaranth.lib import stream, wiring
+from amaranth.lib import stream
 from amaranth.lib.cdc import FFSynchronizer
 from amaranth.lib.wiring import In, Out
+
+from neurofabric.hdl.checked import CheckedComponent
 
 __all__ = ["UARTReceiver", "UARTTransmitter"]
 
 
-def _check_divisor(component, divisor):
-    if isinstance(divisor, bool) or not isinstance(divisor, int) or not 4 <= divisor <= (1 << 24):
-        component._MustUse__silence = True          # never elaborated: no "unused" warning
-        raise ValueError(f"divisor = {divisor!r} is out of range: allowed integers in [4, 2**24] "
-                         f"(clock frequency / baud rate)")
-    return divisor
+class _DivisorComponent(CheckedComponent):
+    """A UART half: `divisor` (clock frequency / baud rate) is checked before it exists."""
+
+    @classmethod
+    def check_parameters(cls, divisor):
+        if isinstance(divisor, bool) or not isinstance(divisor, int) or not 4 <= divisor <= (1 << 24):
+            raise ValueError(f"divisor = {divisor!r} is out of range: allowed integers in [4, 2**24] "
+                             f"(clock frequency / baud rate)")
 
 
-class UARTReceiver(wiring.Component):
+class UARTReceiver(_DivisorComponent):
     """Samples ``pin`` (through a two-flop synchroniser) in the middle of each bit.
 
     A falling edge starts a byte; the start bit is re-checked half a bit later (a glitch
@@ -40,7 +44,7 @@ class UARTReceiver(wiring.Component):
     errors: Out(16)
 
     def __init__(self, divisor):
-        self.divisor = _check_divisor(self, divisor)
+        self.divisor = divisor
         super().__init__()
 
     def elaborate(self, platform):
@@ -89,7 +93,7 @@ class UARTReceiver(wiring.Component):
         return m
 
 
-class UARTTransmitter(wiring.Component):
+class UARTTransmitter(_DivisorComponent):
     """Sends each byte taken from ``data`` as start bit, 8 data bits LSB first, stop bit, each
     ``divisor`` cycles long; back-to-back bytes leave no idle time (10 bit times per byte)."""
 
@@ -97,7 +101,7 @@ class UARTTransmitter(wiring.Component):
     pin: Out(1, init=1)
 
     def __init__(self, divisor):
-        self.divisor = _check_divisor(self, divisor)
+        self.divisor = divisor
         super().__init__()
 
     def elaborate(self, platform):

@@ -28,14 +28,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from neurofabric.hdl.memory_map import MEMORY_MAP
 from neurofabric.hdl.protocol import (
     PROFILE_COUNT,
     WEIGHT_EXP_MAX,
     CoreRegister,
     MemorySpace,
-    ProfileField,
     RouteKind,
-    StdpField,
 )
 from neurofabric.host.lowering import kernel_words
 from neurofabric.host.model import NeuronProfile
@@ -50,14 +49,14 @@ from neurofabric.host.network import (
 __all__ = ["MemoryWrite", "ConnectionReport", "Slice", "CompiledNetwork", "compile_network",
            "pack_route_entry", "pack_route_pointer", "profile_words", "EncoderLayout", "encoder_layout"]
 
-STATE_WORDS = 4     # StateField members per neuron
-PROFILE_WORDS = 8   # ProfileField members per profile
+STATE_WORDS = len(MEMORY_MAP[MemorySpace.STATE].blocks)        #: words per neuron in STATE
+PROFILE_WORDS = len(MEMORY_MAP[MemorySpace.PROFILE].blocks)     #: words per profile in PROFILE
 
 
 @dataclass(frozen=True)
 class MemoryWrite:
     """Consecutive 32-bit words written into `space` of `core` from `addr` (signed fields as
-    Python/numpy ints; the backend truncates them to their width)."""
+    Python/numpy ints; every backend refuses a word out of its memory-map range)."""
     space: MemorySpace
     core: int
     addr: int
@@ -92,34 +91,36 @@ class Slice:
 
 
 def pack_route_entry(kind, core=0, axon=0):
-    """The 32-bit word of a :class:`RouteEntry` (layout from hdl/protocol.py)."""
-    return (axon & 0xFFFF) | (core & 0xFF) << 16 | (int(kind.value) & 1) << 30
+    """The 32-bit word of a route entry (``MEMORY_MAP[MemorySpace.ROUTE_ENTRY]``)."""
+    return _ROUTE_ENTRY.pack(kind=int(kind.value), core=core, axon=axon)
 
 
 def pack_route_pointer(base, count):
-    """The 32-bit word of a :class:`RoutePointer`."""
-    return (base & 0xFFFF) | (count & 0xFF) << 16
+    """The 32-bit word of a route pointer (``MEMORY_MAP[MemorySpace.ROUTE_POINTER]``)."""
+    return _ROUTE_POINTER.pack(base=base, count=count)
+
+
+def _record_words(space, record):
+    """The words of one record (a NeuronProfile, a StdpConfig) in address order: each block of
+    the space's memory map names the record's attribute it holds."""
+    values = [getattr(record, block.word.name) for block in MEMORY_MAP[space].blocks
+              if hasattr(record, block.word.name)]
+    return np.array([int(getattr(v, "value", v)) for v in values], dtype=np.int64)
 
 
 def profile_words(profile):
     """The 8 PROFILE words of a :class:`NeuronProfile`, in ProfileField order."""
-    values = {
-        ProfileField.DU: profile.du, ProfileField.DV: profile.dv,
-        ProfileField.THRESHOLD: profile.threshold, ProfileField.V_RESET: profile.v_reset,
-        ProfileField.RESET_MODE: int(profile.reset_mode.value), ProfileField.REFRACTORY: profile.refractory,
-        ProfileField.THETA_PLUS: profile.theta_plus, ProfileField.DTHETA: profile.dtheta,
-    }
-    return np.array([values[f] for f in sorted(values, key=lambda f: f.value)], dtype=np.int64)
+    return _record_words(MemorySpace.PROFILE, profile)
 
 
 def _stdp_words(config):
-    values = {
-        StdpField.PRE_INCREMENT: config.pre_increment, StdpField.POST_INCREMENT: config.post_increment,
-        StdpField.PRE_DECAY: config.pre_decay, StdpField.POST_DECAY: config.post_decay,
-        StdpField.A_PLUS: config.a_plus, StdpField.A_MINUS: config.a_minus, StdpField.SHIFT: config.shift,
-        StdpField.W_MIN: config.w_min, StdpField.W_MAX: config.w_max, StdpField.SEED: config.seed,
-    }
-    return np.array([values[f] for f in sorted(values, key=lambda f: f.value)], dtype=np.int64)
+    """The STDP words of a :class:`StdpConfig` from address 0 (every StdpField but REWARD,
+    the chip's register, which is last)."""
+    return _record_words(MemorySpace.STDP, config)
+
+
+_ROUTE_ENTRY = MEMORY_MAP[MemorySpace.ROUTE_ENTRY].blocks[0].word
+_ROUTE_POINTER = MEMORY_MAP[MemorySpace.ROUTE_POINTER].blocks[0].word
 
 
 @dataclass

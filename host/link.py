@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from neurofabric.hdl.memory_map import ADDR_BITS, MEMORY_MAP, space_of
 from neurofabric.hdl.protocol import (
     CORE_BITS,
     INDEX_BITS,
@@ -36,12 +37,14 @@ from neurofabric.hdl.protocol import (
     LINK_MAX_READ_WORDS,
     LINK_MAX_WRITE_WORDS,
     ChipRegister,
+    ChipShape,
     EventKind,
     LinkCommand,
     LinkStatus,
     MemorySpace,
 )
 from neurofabric.host.backend import Backend, BackendError, ChipInfo
+from neurofabric.host.memory_map import check_access, check_write
 
 __all__ = [
     "CobsError", "LinkError", "LinkNak", "cobs_encode", "cobs_decode", "crc32",
@@ -52,10 +55,13 @@ __all__ = [
     "LinkBackend", "LINK_ERRORS",
 ]
 
-ADDR_LIMIT = 1 << 24            #: MemRequest.addr is 24 bits
+ADDR_LIMIT = 1 << ADDR_BITS     #: MemRequest.addr is 24 bits
 WORD_MIN, WORD_MAX = -(1 << 31), (1 << 32) - 1
-#: spaces whose words are unsigned 32-bit numbers; every other space reads back sign-extended
-UNSIGNED_SPACES = frozenset({MemorySpace.COUNTER})
+#: spaces whose words are all unsigned 32-bit numbers (the memory map says so); every other
+#: space reads back sign-extended
+UNSIGNED_SPACES = frozenset(space for space, decl in MEMORY_MAP.items()
+                            if all(block.word.unpack(0xFFFFFFFF) == {block.word.name: 0xFFFFFFFF}
+                                   for block in decl.blocks))
 #: NAKs caused by a damaged frame: the request is resent with the same sequence number
 LINK_ERRORS = frozenset({LinkStatus.BAD_CRC, LinkStatus.BAD_FRAMING, LinkStatus.TOO_LONG})
 
@@ -199,13 +205,7 @@ def _check_int(name, value, lo, hi):
 
 
 def _check_space(space):
-    if not isinstance(space, MemorySpace):
-        try:
-            space = MemorySpace(space)
-        except (ValueError, TypeError):
-            raise ValueError(f"space = {space!r} is not a MemorySpace: allowed "
-                             f"{', '.join(s.name for s in MemorySpace)}") from None
-    return space
+    return space_of(space)
 
 
 def _check_mem_range(space, core, addr, count, cores):
@@ -386,6 +386,9 @@ class LinkBackend(Backend):
             self.command(*reset_request())
         self._info, self.max_payload = parse_identify(self.command(*identify_request()), build)
         self._cores, self._axons = self._info.cores, self._info.axons
+        i = self._info
+        self._shape = ChipShape(cores=i.cores, neurons=i.neurons, axons=i.axons, lanes=i.lanes,
+                                route_entries=i.route_entries, encoder_channels=i.encoder_channels)
         self._step = int(self.read(MemorySpace.CHIP, 0, ChipRegister.STEP.value, 1)[0]) & 0xFFFFFFFF
 
     # --- one command ---
@@ -434,17 +437,19 @@ class LinkBackend(Backend):
         return self._info
 
     def write(self, space, core, addr, words):
+        """Write `words` after checking every one against the memory map (MemoryMapError,
+        nothing sent), the rule ``w_min <= w_max`` against the chip's stored word when the
+        write holds only one of them (the chip checks the same)."""
         space = _check_space(space)
         words = _check_words(words)
-        _check_mem_range(space, core, addr, len(words), self._cores)   # validates everything first
+        check_write(space, self._shape, core, addr, [int(w) for w in words],
+                    stored=lambda at: int(self.read(space, core, at, 1)[0]))
         for start in range(0, len(words), LINK_MAX_WRITE_WORDS):
             chunk = words[start:start + LINK_MAX_WRITE_WORDS]
             self.command(*write_request(space, core, addr + start, chunk, cores=self._cores))
 
     def read(self, space, core, addr, count):
-        space = _check_space(space)
-        _check_int("count", count, 0, ADDR_LIMIT)
-        _check_mem_range(space, core, addr, count, self._cores)
+        space = check_access(space, self._shape, core, addr, count)
         parts = [np.zeros(0, dtype=np.uint32)]
         for start in range(0, count, LINK_MAX_READ_WORDS):
             n = min(LINK_MAX_READ_WORDS, count - start)

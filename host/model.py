@@ -24,10 +24,11 @@ step's spikes (to axons for the next step, and to the host output).
 """
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from neurofabric.hdl.memory_map import MEMORY_MAP, MemoryMapError, TraceField
 from neurofabric.hdl.protocol import (
     ACC_BITS,
     DECAY_BITS,
@@ -62,9 +63,10 @@ from neurofabric.hdl.protocol import (
     signed_range,
     unsigned_range,
 )
+from neurofabric.host.memory_map import check_access, check_write
 
 __all__ = [
-    "ChipShape", "NeuronProfile", "StdpConfig", "WtaConfig", "Route", "ChipModel", "ModelError",
+    "ChipShape", "NeuronProfile", "StdpConfig", "WtaConfig", "Route", "ChipModel", "ModelError", "ModelMemoryError",
     "saturate", "decay", "lfsr_next", "lfsr_seed", "lfsr_draws", "encoder_lfsr_seed", "encoder_draws",
     "encoder_spikes", "stdp_window",
 ]
@@ -88,12 +90,19 @@ class ModelError(ParameterError):
     """A parameter or command the chip would reject: names the field, value and allowed range."""
 
 
+class ModelMemoryError(ModelError, MemoryMapError):
+    """A memory access the memory map refuses (``neurofabric.hdl.memory_map``): both a
+    :class:`ModelError` and the :class:`MemoryMapError` every backend raises for it."""
+
+
 def check_int(name, value, lo, hi):
     """Validate an integer field; raise :class:`ModelError` naming field, value and range."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ModelError(f"{name} must be an integer in [{lo}, {hi}], not {value!r}")
+        raise ModelError(f"{name} must be an integer in [{lo}, {hi}], not {value!r}",
+                         field=name, value=value, allowed=(lo, hi))
     if not lo <= int(value) <= hi:
-        raise ModelError(f"{name} = {int(value)} is out of range: allowed [{lo}, {hi}]")
+        raise ModelError(f"{name} = {int(value)} is out of range: allowed [{lo}, {hi}]",
+                         field=name, value=int(value), allowed=(lo, hi))
     return int(value)
 
 
@@ -112,12 +121,6 @@ def check_array(name, values, shape, lo, hi):
         bad = array[(array < lo) | (array > hi)].flat[0]
         raise ModelError(f"{name} contains {int(bad)}, out of range: allowed [{lo}, {hi}]")
     return array
-
-
-def _replace(config, name, value):
-    """A frozen config with one field changed, validated by its own constructor."""
-    from dataclasses import replace
-    return replace(config, **{name: value})
 
 
 def saturate(x, bits):
@@ -695,202 +698,155 @@ class ChipModel:
         self.step_count = 0
         self.encoder_lfsr = encoder_lfsr_seed(self.encoder_seed)
 
-    # --- the memory map (hdl/protocol.py MemorySpace; docs/protocol.md) ----------------------
+    # --- the memory map (neurofabric.hdl.memory_map; docs/protocol.md "Memory map") ------------
     def _address(self, space, core, addr, count):
-        """Validate a word range of one memory; return its size."""
-        s = self.shape
-        if not isinstance(space, MemorySpace):
-            raise ModelError(f"space must be a MemorySpace, not {space!r}")
-        sizes = {
-            MemorySpace.WEIGHT: s.axons * s.neurons, MemorySpace.NEURON: s.neurons,
-            MemorySpace.PROFILE: PROFILE_COUNT * 8, MemorySpace.STATE: s.neurons * 4,
-            MemorySpace.CORE: len(CoreRegister), MemorySpace.ROUTE_POINTER: s.cores * s.neurons,
-            MemorySpace.ROUTE_ENTRY: s.route_entries, MemorySpace.STDP: len(StdpField),
-            MemorySpace.TRACE: s.axons + s.neurons, MemorySpace.PLASTIC: s.axons,
-            MemorySpace.COUNTER: len(Counter), MemorySpace.CHIP: len(ChipRegister),
-            MemorySpace.ENCODER: len(EncoderField) * s.encoder_channels,
-        }
-        check_int("core", core, 0, s.cores - 1)
-        size = sizes[space]
-        check_int("count", count, 0, size)
-        check_int("addr", addr, 0, size - count)
-        return size
+        """Validate a word range of one memory (ModelMemoryError); return the MemorySpace."""
+        return check_access(space, self.shape, core, addr, count, error=ModelMemoryError)
 
     def write_words(self, space, core, addr, words):
-        """Write 32-bit words into memory `space` of `core` from `addr` on. Every field is
-        checked against its range (ModelError); a rejected write changes nothing."""
-        words = [int(w) for w in words]
-        self._address(space, core, addr, len(words))
-        if space in (MemorySpace.COUNTER,) or (space is MemorySpace.CHIP and addr == ChipRegister.STEP.value):
-            raise ModelError(f"{space.name} address {addr} is read-only")
-        snapshot = self._snapshot(space, core)
-        try:
-            for offset, word in enumerate(words):
-                self._write_word(space, core, addr + offset, word)
-        except ModelError:
-            self._restore(space, core, snapshot)
-            raise
+        """Write 32-bit words into memory `space` of `core` from `addr` on (ints in
+        [-2**31, 2**32 - 1]; a signed field's -3 may be given as 0xFFFFFFFD). Every word is
+        checked against the memory map first (:class:`ModelMemoryError`), rules between words
+        (``w_min <= w_max``) on the values after the write: a rejected write changes nothing."""
+        words = np.asarray(words) if not isinstance(words, np.ndarray) else words
+        space = self._address(space, core, addr, len(words))
+        words = check_write(space, self.shape, core, addr, words,
+                            stored=lambda at: self._read_word(space, core, at), error=ModelMemoryError)
+        c = self.cores[core]
+        parts = [(block, rows, block.word.unpack(words[offsets]))
+                 for block, offsets, rows in MEMORY_MAP[space].split(self.shape, addr, np.arange(len(words)))
+                 if len(offsets)]
+        if space is MemorySpace.STDP:       # one new config (w_min <= w_max holds after the write)
+            self._write_stdp(c, {block.key: (block.word.name, int(fields[block.word.name][0]))
+                                 for block, _, fields in parts})
+        for block, rows, fields in parts:
+            if space is not MemorySpace.STDP:
+                self._write_block(space, c, block.key, rows, fields)
 
     def read_words(self, space, core, addr, count):
         """Read `count` words of memory `space` of `core` (signed fields sign-extended)."""
-        self._address(space, core, addr, count)
-        return np.array([self._read_word(space, core, addr + i) for i in range(count)], dtype=np.int64)
-
-    def _snapshot(self, space, core):
-        c = self.cores[core]
-        return (c.weights.copy(), c.bias.copy(), c.profile.copy(), list(c.profiles), c.u.copy(), c.v.copy(),
-                c.refractory.copy(), c.theta.copy(), c.weight_exp, c.learning, c.stdp, list(c.lfsr),
-                c.pre_trace.copy(), c.post_trace.copy(), c.plastic.copy(), self.route_base.copy(),
-                self.route_count.copy(), list(self.route_entries), self.learning, self.reward,
-                self.encoder_rate.copy(), self.encoder_phase.copy(), self.encoder_core.copy(),
-                self.encoder_axon.copy(), self.encoder_enabled, self.encoder_mode, self.encoder_seed,
-                self.encoder_lfsr, self.encoder_steps)
-
-    def _restore(self, space, core, snap):
-        c = self.cores[core]
-        (c.weights, c.bias, c.profile, c.profiles, c.u, c.v, c.refractory, c.theta, c.weight_exp, c.learning,
-         c.stdp, c.lfsr, c.pre_trace, c.post_trace, c.plastic, self.route_base, self.route_count,
-         self.route_entries, self.learning, self.reward, self.encoder_rate, self.encoder_phase,
-         self.encoder_core, self.encoder_axon, self.encoder_enabled, self.encoder_mode, self.encoder_seed,
-         self.encoder_lfsr, self.encoder_steps) = snap
-
-    @staticmethod
-    def _signed(word, bits):
-        word &= (1 << bits) - 1
-        return word - (1 << bits) if word >> (bits - 1) else word
-
-    def _write_word(self, space, core, addr, word):
-        c, n = self.cores[core], self.shape.neurons
-        if space is MemorySpace.WEIGHT:
-            c.weights[addr // n, addr % n] = check_int("weight", word, WEIGHT_MIN, WEIGHT_MAX)
-        elif space is MemorySpace.NEURON:
-            word &= WORD_MASK
-            check_int("neuron word bits 31..27", word >> 27, 0, 0)
-            c.bias[addr] = self._signed(word, STATE_BITS)
-            c.profile[addr] = (word >> STATE_BITS) & (PROFILE_COUNT - 1)
-        elif space is MemorySpace.PROFILE:
-            index, field_ = addr // 8, ProfileField(addr % 8)
-            name = field_.name.lower()
-            value = ResetMode(check_int("reset_mode", word, 0, 1)) if field_ is ProfileField.RESET_MODE else word
-            profiles = list(c.profiles)
-            profiles[index] = _replace(profiles[index], name, value)
-            c.profiles = profiles
-        elif space is MemorySpace.STATE:
-            field_ = StateField(addr % 4)
-            target = {StateField.U: c.u, StateField.V: c.v, StateField.REFRACTORY: c.refractory,
-                      StateField.THETA: c.theta}[field_]
-            lo, hi = ((0, (1 << REFRACTORY_BITS) - 1) if field_ is StateField.REFRACTORY
-                      else (0, STATE_MAX) if field_ is StateField.THETA else (STATE_MIN, STATE_MAX))
-            target[addr // 4] = check_int(f"state {field_.name.lower()}", word, lo, hi)
-        elif space is MemorySpace.CORE:
-            if addr == CoreRegister.WEIGHT_EXP.value:
-                c.weight_exp = check_int("weight_exp", word, 0, WEIGHT_EXP_MAX)
-            else:
-                c.learning = bool(check_int("learning", word, 0, 1))
-        elif space is MemorySpace.ROUTE_POINTER:
-            word &= WORD_MASK
-            check_int("route pointer bits 31..24", word >> 24, 0, 0)
-            self.route_base[addr], self.route_count[addr] = word & 0xFFFF, (word >> 16) & 0xFF
-        elif space is MemorySpace.ROUTE_ENTRY:
-            word &= WORD_MASK
-            axon, dest, chip, kind = word & 0xFFFF, (word >> 16) & 0xFF, (word >> 24) & 0x3F, (word >> 30) & 1
-            check_int("route entry bit 31", word >> 31, 0, 0)
-            check_int("route entry chip", chip, 0, 0)
-            if kind == RouteKind.HOST.value:
-                self.route_entries[addr] = Route(host=True)
-            else:
-                self.route_entries[addr] = Route(core=check_int("route destination core", dest, 0, self.shape.cores - 1),
-                                                 axon=check_int("route destination axon", axon, 0, self.shape.axons - 1))
-        elif space is MemorySpace.STDP:
-            field_ = StdpField(addr)
-            if field_ is StdpField.REWARD:
-                self.set_reward(word)
-            else:
-                c.stdp = _replace(c.stdp, field_.name.lower(), word)
-                if field_ is StdpField.SEED:
-                    c.lfsr = [lfsr_seed(c.stdp.seed, lane) for lane in range(self.shape.lanes)]
-        elif space is MemorySpace.TRACE:
-            value = check_int("trace", word, 0, TRACE_MAX)
-            if addr < self.shape.axons:
-                c.pre_trace[addr] = value
-            else:
-                c.post_trace[addr - self.shape.axons] = value
-        elif space is MemorySpace.PLASTIC:
-            c.plastic[addr] = bool(check_int("plastic", word, 0, 1))
-        elif space is MemorySpace.CHIP:
-            if addr == ChipRegister.LEARNING.value:
-                self.learning = bool(check_int("learning", word, 0, 1))
-            elif addr == ChipRegister.REWARD.value:
-                self.set_reward(word)
-            else:
-                if not self.shape.encoder_channels:
-                    raise ModelError(f"{ChipRegister(addr).name}: this chip has no input encoder "
-                                     f"(encoder_channels = 0)")
-                if addr == ChipRegister.ENCODER.value:
-                    word = check_int("encoder register", word, 0, 3)
-                    self.encoder_enabled, self.encoder_mode = bool(word & 1), EncoderMode(word >> 1)
-                elif addr == ChipRegister.ENCODER_STEPS.value:
-                    self.encoder_steps = check_int("encoder steps", word, 0, (1 << 16) - 1)
-                else:
-                    self.encoder_seed = check_int("encoder seed", word, 0, (1 << LFSR_BITS) - 1)
-                    self.encoder_lfsr = encoder_lfsr_seed(self.encoder_seed)
-        elif space is MemorySpace.ENCODER:
-            e = self.shape.encoder_channels
-            field_, channel = EncoderField(addr // e), addr % e
-            if field_ is EncoderField.RATE:
-                self.encoder_rate[channel] = check_int("encoder rate", word, 0, ENCODER_RATE_ONE)
-            elif field_ is EncoderField.PHASE:
-                self.encoder_phase[channel] = check_int("encoder phase", word, 0, ENCODER_RATE_ONE - 1)
-            else:
-                word &= WORD_MASK
-                check_int("encoder target bits 31..24", word >> 24, 0, 0)
-                self.encoder_core[channel] = check_int("encoder target core", (word >> 16) & 0xFF, 0,
-                                                       self.shape.cores - 1)
-                self.encoder_axon[channel] = check_int("encoder target axon", word & 0xFFFF, 0,
-                                                       self.shape.axons - 1)
+        space = self._address(space, core, addr, count)
+        out = np.zeros(count, dtype=np.int64)
+        for block, offsets, rows in MEMORY_MAP[space].split(self.shape, addr, np.arange(count)):
+            if len(offsets):
+                out[offsets] = self._read_block(space, self.cores[core], block, rows)
+        return out
 
     def _read_word(self, space, core, addr):
-        c, n = self.cores[core], self.shape.neurons
+        return int(self.read_words(space, core, addr, 1)[0])
+
+    def _state_arrays(self, c):
+        return {StateField.U: c.u, StateField.V: c.v, StateField.REFRACTORY: c.refractory, StateField.THETA: c.theta}
+
+    def _write_block(self, space, c, key, rows, fields):
+        """Apply checked words of one block: `rows` in the block, `fields` their unpacked fields."""
+        name, value = next(iter(fields.items()))
         if space is MemorySpace.WEIGHT:
-            return c.weights[addr // n, addr % n]
+            np.put(c.weights, rows, value)
+        elif space is MemorySpace.NEURON:
+            c.bias[rows], c.profile[rows] = fields["bias"], fields["profile"]
+        elif space is MemorySpace.PROFILE:
+            profiles = list(c.profiles)
+            for row, v in zip(rows.tolist(), value.tolist()):
+                v = ResetMode(v) if key is ProfileField.RESET_MODE else v
+                profiles[row] = replace(profiles[row], **{name: v})
+            c.profiles = profiles
+        elif space is MemorySpace.STATE:
+            self._state_arrays(c)[key][rows] = value
+        elif space is MemorySpace.CORE:
+            if key is CoreRegister.WEIGHT_EXP:
+                c.weight_exp = int(value[0])
+            else:
+                c.learning = bool(value[0])
+        elif space is MemorySpace.ROUTE_POINTER:
+            self.route_base[rows], self.route_count[rows] = fields["base"], fields["count"]
+        elif space is MemorySpace.ROUTE_ENTRY:
+            for row, kind, dest, axon in zip(rows.tolist(), fields["kind"].tolist(), fields["core"].tolist(),
+                                             fields["axon"].tolist()):
+                self.route_entries[row] = Route(host=True) if kind == RouteKind.HOST.value else Route(dest, axon)
+        elif space is MemorySpace.TRACE:
+            (c.pre_trace if key == TraceField.PRE else c.post_trace)[rows] = value
+        elif space is MemorySpace.PLASTIC:
+            c.plastic[rows] = value.astype(bool)
+        elif space is MemorySpace.CHIP:
+            self._write_register(key, int(value[0]))
+        elif key is EncoderField.RATE:
+            self.encoder_rate[rows] = value
+        elif key is EncoderField.PHASE:
+            self.encoder_phase[rows] = value
+        else:
+            self.encoder_core[rows], self.encoder_axon[rows] = fields["core"], fields["axon"]
+
+    def _write_stdp(self, c, registers):
+        """STDP registers, {StdpField: (name, value)}: REWARD is the chip's; the others replace
+        the core's StdpConfig at once (a new seed reseeds every lane's LFSR)."""
+        changes = {}
+        for key, (name, value) in registers.items():
+            if key is StdpField.REWARD:
+                self.reward = value
+            else:
+                changes[name] = value
+        if changes:
+            c.stdp = replace(c.stdp, **changes)
+        if "seed" in changes:
+            c.lfsr = [lfsr_seed(c.stdp.seed, lane) for lane in range(self.shape.lanes)]
+
+    def _write_register(self, register, value):
+        if register is ChipRegister.LEARNING:
+            self.learning = bool(value)
+        elif register is ChipRegister.REWARD:
+            self.reward = value
+        elif register is ChipRegister.ENCODER:
+            self.encoder_enabled, self.encoder_mode = bool(value & 1), EncoderMode(value >> 1)
+        elif register is ChipRegister.ENCODER_STEPS:
+            self.encoder_steps = value
+        else:
+            self.encoder_seed = value
+            self.encoder_lfsr = encoder_lfsr_seed(self.encoder_seed)
+
+    def _read_block(self, space, c, block, rows):
+        """The words of `rows` of one block of `space` (an int64 array)."""
+        key, word = block.key, block.word
+        if space is MemorySpace.WEIGHT:
+            return c.weights.reshape(-1)[rows]
         if space is MemorySpace.NEURON:
-            return (int(c.bias[addr]) & ((1 << STATE_BITS) - 1)) | int(c.profile[addr]) << STATE_BITS
+            return word.pack(bias=c.bias[rows], profile=c.profile[rows])
         if space is MemorySpace.PROFILE:
-            value = getattr(c.profiles[addr // 8], ProfileField(addr % 8).name.lower())
-            return value.value if isinstance(value, ResetMode) else value
+            values = [getattr(c.profiles[row], word.name) for row in rows.tolist()]
+            return np.array([int(getattr(v, "value", v)) for v in values], dtype=np.int64)
         if space is MemorySpace.STATE:
-            return (c.u, c.v, c.refractory, c.theta)[addr % 4][addr // 4]
-        if space is MemorySpace.CORE:
-            return c.weight_exp if addr == CoreRegister.WEIGHT_EXP.value else int(c.learning)
+            return self._state_arrays(c)[key][rows]
         if space is MemorySpace.ROUTE_POINTER:
-            return int(self.route_base[addr]) | int(self.route_count[addr]) << 16
+            return word.pack(base=self.route_base[rows], count=self.route_count[rows])
         if space is MemorySpace.ROUTE_ENTRY:
-            r = self.route_entries[addr]
-            return RouteKind.HOST.value << 30 if r.host else r.axon | r.core << 16
-        if space is MemorySpace.STDP:
-            field_ = StdpField(addr)
-            return self.reward if field_ is StdpField.REWARD else getattr(c.stdp, field_.name.lower())
+            return np.array([word.pack(kind=RouteKind.HOST.value) if r.host else word.pack(axon=r.axon, core=r.core)
+                             for r in (self.route_entries[row] for row in rows.tolist())], dtype=np.int64)
         if space is MemorySpace.TRACE:
-            return c.pre_trace[addr] if addr < self.shape.axons else c.post_trace[addr - self.shape.axons]
+            return (c.pre_trace if key == TraceField.PRE else c.post_trace)[rows]
         if space is MemorySpace.PLASTIC:
-            return int(c.plastic[addr])
-        if space is MemorySpace.COUNTER:
-            return self.counters[Counter(addr)] & WORD_MASK
-        if space is MemorySpace.CHIP:
-            if addr >= ChipRegister.ENCODER.value and not self.shape.encoder_channels:
-                return 0
-            return (self.step_count & WORD_MASK, int(self.learning), self.reward,
-                    int(self.encoder_enabled) | self.encoder_mode.value << 1, self.encoder_seed,
-                    self.encoder_steps)[addr]
+            return c.plastic[rows].astype(np.int64)
         if space is MemorySpace.ENCODER:
-            e = self.shape.encoder_channels
-            field_, channel = EncoderField(addr // e), addr % e
-            if field_ is EncoderField.RATE:
-                return self.encoder_rate[channel]
-            if field_ is EncoderField.PHASE:
-                return self.encoder_phase[channel]
-            return int(self.encoder_axon[channel]) | int(self.encoder_core[channel]) << 16
-        raise AssertionError(space)
+            if key is EncoderField.RATE:
+                return self.encoder_rate[rows]
+            if key is EncoderField.PHASE:
+                return self.encoder_phase[rows]
+            return word.pack(axon=self.encoder_axon[rows], core=self.encoder_core[rows])
+        return np.full(len(rows), self._read_register(space, c, key, word), dtype=np.int64)
+
+    def _read_register(self, space, c, key, word):
+        """One word of a register space (CORE, STDP, COUNTER, CHIP)."""
+        if space is MemorySpace.CORE:
+            return c.weight_exp if key is CoreRegister.WEIGHT_EXP else int(c.learning)
+        if space is MemorySpace.STDP:
+            return self.reward if key is StdpField.REWARD else getattr(c.stdp, word.name)
+        if space is MemorySpace.COUNTER:
+            return self.counters[key] & WORD_MASK
+        if word.requires is not None and not word.requires(self.shape):
+            return 0
+        return {ChipRegister.STEP: self.step_count & WORD_MASK, ChipRegister.LEARNING: int(self.learning),
+                ChipRegister.REWARD: self.reward,
+                ChipRegister.ENCODER: int(self.encoder_enabled) | self.encoder_mode.value << 1,
+                ChipRegister.ENCODER_SEED: self.encoder_seed, ChipRegister.ENCODER_STEPS: self.encoder_steps}[key]
 
     # --- running -----------------------------------------------------------------------------
     def inject(self, step, events):

@@ -25,9 +25,9 @@ from neurofabric.hdl.protocol import (
     ResetMode,
 )
 from neurofabric.hdl.router import route_entry_bits, route_pointer_bits
-from neurofabric.hdl.router_testcore import IntegrateFireCore
 from neurofabric.host.model import ChipModel, ChipShape, NeuronProfile, Route
 from neurofabric.sim.chip_bench import ChipBench, spikes_by_step
+from neurofabric.sim.router_testcore import IntegrateFireCore
 
 PROFILE_ORDER = ["du", "dv", "threshold", "v_reset", "reset_mode", "refractory", "theta_plus", "dtheta"]
 

@@ -1,3 +1,5 @@
+# amaranth: UnusedElaboratable=no
+# (test_learning_needs_learning_cores builds cores that a chip then refuses)
 """On-chip learning through the whole chip, against ChipModel.
 
 A multi-core network with every core learning (random STDP configuration, plastic masks,
@@ -138,7 +140,7 @@ def test_reward_and_learning_registers():
 
 
 def test_learning_needs_learning_cores():
-    from neurofabric.hdl.router_testcore import IntegrateFireCore
+    from neurofabric.sim.router_testcore import IntegrateFireCore
     shape = ChipShape(cores=1, neurons=2, axons=2, lanes=1, route_entries=4)
     with pytest.raises(ValueError, match="learn and reward"):
         Chip(shape, learning=True, core_factory=lambda i: IntegrateFireCore(

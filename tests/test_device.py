@@ -11,8 +11,10 @@ import time
 import numpy as np
 import pytest
 
+from neurofabric.hdl.memory_map import size
 from neurofabric.hdl.protocol import ChipRegister, MemorySpace
 from neurofabric.host.link import LinkBackend
+from neurofabric.host.memory_map import random_words
 from neurofabric.host.model import ChipShape
 from neurofabric.host.transport import FaultInjector, SerialTransport
 from neurofabric.sim.device import SimDevice, build_device
@@ -38,10 +40,11 @@ class Workload:
         self.step = 0
 
     def memory_round(self):
-        space = MemorySpace(self.rng.choice([s.value for s in MemorySpace if s != MemorySpace.CHIP]))
+        # the spaces of at least 16 writable words (the memory map refuses the others' words)
+        space = self.rng.choice([s for s in MemorySpace if size(s, SHAPE) >= 16 and s != MemorySpace.COUNTER])
         core, addr = self.rng.randrange(SHAPE.cores), self.rng.randrange(16)
         count = self.rng.randrange(1, 17 - addr)
-        words = [self.rng.randrange(-(1 << 31), 1 << 31) for _ in range(count)]
+        words = random_words(self.rng, space, SHAPE, addr, count)
         self.backend.write(space, core, addr, words)
         for i, word in enumerate(words):
             self.memory[(space, core, addr + i)] = word & 0xFFFFFFFF
@@ -156,7 +159,7 @@ def test_real_chip_matches_model_through_the_link(seed):
                 base = len(entries)
                 if core == 0:
                     entries.append(neuron | (1 << 16) | (RouteKind.AXON.value << 30))
-                entries.append(neuron | (core << 16) | (RouteKind.HOST.value << 30))
+                entries.append(RouteKind.HOST.value << 30)       # a host entry's axon and core are 0
                 pointers.append(base | ((len(entries) - base) << 16))
         writes.append((MemorySpace.ROUTE_ENTRY, 0, 0, entries))
         writes.append((MemorySpace.ROUTE_POINTER, 0, 0, pointers))

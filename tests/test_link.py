@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from neurofabric.hdl.link import RX_BUFFER_BYTES
+from neurofabric.hdl.memory_map import MemoryMapError, size
 from neurofabric.hdl.protocol import (
     LINK_MAX_OUTPUT_EVENTS,
     LINK_MAX_READ_WORDS,
@@ -35,11 +36,13 @@ from neurofabric.host.link import (
     parse_body,
     parse_events,
 )
+from neurofabric.host.memory_map import check_write, random_words
 from neurofabric.host.model import ChipShape
 from neurofabric.host.transport import SerialTransport
 from neurofabric.sim.device import PysimTransport, loopback_factory
 
 SHAPE = ChipShape(cores=2, neurons=16, axons=24, lanes=8, route_entries=16)
+LOOPBACK_QUEUE = 16         #: loopback_factory's input queue
 FUZZ = settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 FUZZ_SLOW = settings(max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck))
 
@@ -80,10 +83,22 @@ class LinkBench:
             self.seq = (self.seq + 1) & 0xFF
         return self.seq
 
+    def stored(self, space, core):
+        """The loopback chip's word at an address (what the link reads for w_min <= w_max)."""
+        return lambda addr: self.expected_word(space.value, core, addr)
+
     def good_write_read(self, rng):
-        """A valid WRITE then READ with fresh seqs: both ACKed, the word reads back."""
-        space, core, addr = rng.randrange(12), rng.randrange(SHAPE.cores), rng.randrange(16)
-        word = rng.randrange(1 << 32)
+        """A valid WRITE then READ with fresh seqs: both ACKed, the word reads back (a random
+        word the memory map accepts; the loopback chip stores addresses < 16)."""
+        while True:
+            space = rng.choice([s for s in MemorySpace if size(s, SHAPE)])
+            core, addr = rng.randrange(SHAPE.cores), rng.randrange(min(16, size(space, SHAPE)))
+            try:
+                (word,) = random_words(rng, space, SHAPE, addr, 1, stored=self.stored(space, core))
+                break
+            except MemoryMapError:              # a read-only word
+                continue
+        space, word = space.value, int(word)
         seq = self.next_seq()
         payload = bytes([space, core]) + (1).to_bytes(2, "little") + addr.to_bytes(4, "little")
         payload += word.to_bytes(4, "little")
@@ -117,7 +132,10 @@ class LinkBench:
             if status == LinkStatus.ACK:
                 self.last_seq = seq
                 return
-        assert self.transactions[before:] == [], "a rejected frame reached the chip"
+        # (a rejected WRITE may read the stored word its w_min <= w_max check needs)
+        changes = [(name, payload) for name, payload in self.transactions[before:]
+                   if name != "mem" or payload.write]
+        assert changes == [], "a rejected frame reached the chip"
 
 
 class DeviceBench(LinkBench):
@@ -172,12 +190,14 @@ class DeviceBench(LinkBench):
             assert replies[0].payload == payload
 
     def audit(self):
-        for space in range(12):
+        for space in MemorySpace:
+            count = min(16, size(space, SHAPE))
+            space = space.value
             for core in range(SHAPE.cores):
                 seq = self.next_seq()
-                (body,) = self.exchange(build_frame(seq, LinkCommand.READ_MEMORY, mem_header(space, core, 16, 0)))
+                (body,) = self.exchange(build_frame(seq, LinkCommand.READ_MEMORY, mem_header(space, core, count, 0)))
                 reply = parse_body(body)
-                want = b"".join(self.expected_word(space, core, a).to_bytes(4, "little") for a in range(16))
+                want = b"".join(self.expected_word(space, core, a).to_bytes(4, "little") for a in range(count))
                 assert (reply.seq, reply.status, reply.payload) == (seq, LinkStatus.ACK, want), (space, core)
                 self.last_seq = seq
         # Nothing was injected or run: one step yields its STEP marker only.
@@ -235,10 +255,18 @@ def predict(content, bench):
         count = int.from_bytes(payload[2:4], "little")
         addr = int.from_bytes(payload[4:8], "little")
         limit = LINK_MAX_WRITE_WORDS if command == LinkCommand.WRITE_MEMORY else LINK_MAX_READ_WORDS
-        if space >= len(MemorySpace) or core >= SHAPE.cores or addr + count > 1 << 24 or count > limit:
+        if space >= len(MemorySpace) or core >= SHAPE.cores or count > limit:
             return nak(LinkStatus.OUT_OF_RANGE)
-        if command == LinkCommand.WRITE_MEMORY and len(payload) != 8 + 4 * count:
-            return nak(LinkStatus.BAD_LENGTH)
+        if addr + count > size(space, SHAPE):
+            return nak(LinkStatus.OUT_OF_RANGE)
+        if command == LinkCommand.WRITE_MEMORY:
+            if len(payload) != 8 + 4 * count:
+                return nak(LinkStatus.BAD_LENGTH)
+            words = np.frombuffer(payload[8:], dtype="<u4").astype(np.int64)
+            try:
+                check_write(space, SHAPE, core, addr, words, stored=bench.stored(MemorySpace(space), core))
+            except MemoryMapError:
+                return nak(LinkStatus.OUT_OF_RANGE)
         return "execute"
     if command == LinkCommand.INJECT:
         if len(payload) % 5:
@@ -247,6 +275,8 @@ def predict(content, bench):
             core, axon = payload[i + 2], int.from_bytes(payload[i + 3:i + 5], "little")
             if core >= SHAPE.cores or axon >= SHAPE.axons:
                 return nak(LinkStatus.OUT_OF_RANGE)
+        if len(payload) // 5 > LOOPBACK_QUEUE:      # nothing is queued between fuzzed frames
+            return nak(LinkStatus.QUEUE_FULL)
         return "execute"
     if command == LinkCommand.RUN:
         return nak(LinkStatus.BAD_LENGTH) if len(payload) != 4 else "execute"
@@ -515,13 +545,13 @@ def test_busy_while_running():
     bench = LinkBench()
     bench.check(build_frame(2, LinkCommand.RUN, (100).to_bytes(4, "little")), (2, LinkStatus.ACK, b""))
     # The loopback chip stalls once its output FIFO is full: it is still running.
-    write = build_frame(3, LinkCommand.WRITE_MEMORY, mem_header(0, 0, 1, 0) + b"\x01\x02\x03\x04")
+    write = build_frame(3, LinkCommand.WRITE_MEMORY, mem_header(0, 0, 1, 0) + b"\x7f\x00\x00\x00")
     bench.check(write, (3, LinkStatus.BUSY, b""))
     drain_output(bench, 100, 4)
     bench.transport.run_cycles(100)
     bench.check(write, (3, LinkStatus.ACK, b""))            # seq 3 was NAKed: executes now
     bench.check(build_frame(9, LinkCommand.READ_MEMORY, mem_header(0, 0, 1, 0)),
-                (9, LinkStatus.ACK, b"\x01\x02\x03\x04"))
+                (9, LinkStatus.ACK, b"\x7f\x00\x00\x00"))
 
 
 def test_watchdog_discards_half_frame():
@@ -543,7 +573,8 @@ def test_cobs_blocks_of_254(bench):
     """Payloads with long zero-free runs and zeros at block edges (COBS 0xFF blocks)."""
     rng = random.Random(1)
     for run in (250, 251, 252, 253, 254):
-        words = [rng.randrange(1, 256) * 0x01010101 for _ in range(64)]
+        # weights -128..-1: 32-bit words with no zero byte
+        words = [rng.randrange(-128, 0) & 0xFFFFFFFF for _ in range(64)]
         data = b"".join(w.to_bytes(4, "little") for w in words)
         assert 0 not in data
         seq = bench.next_seq()
@@ -569,13 +600,14 @@ def test_backend_against_loopback():
     assert (info.cores, info.neurons, info.axons, info.lanes, info.route_entries) == (2, 16, 24, 8, 16)
     assert info.input_queue == 16
     assert info.build == "sim" and not info.learning        # LoopbackChip has no learning cores
-    words = rng.integers(-(1 << 31), 1 << 31, size=16)
+    words = rng.integers(-128, 128, size=16)
     backend.write(MemorySpace.WEIGHT, 1, 0, words)
     assert np.array_equal(backend.read(MemorySpace.WEIGHT, 1, 0, 16), words)
     assert np.array_equal(backend.read(MemorySpace.WEIGHT, 0, 0, 16), np.zeros(16))
-    counter = rng.integers(1 << 31, 1 << 32)
-    backend.write(MemorySpace.COUNTER, 0, 3, [counter])
-    assert backend.read(MemorySpace.COUNTER, 0, 3, 1)[0] == counter     # unsigned space
+    frames = backend.stats["frames"]
+    with pytest.raises(MemoryMapError, match="read-only") as refused:
+        backend.write(MemorySpace.COUNTER, 0, 3, [5])
+    assert refused.value.field == "counter spikes" and backend.stats["frames"] == frames
     events = np.array([[0, 1, 5], [0, 0, 23], [1, 1, 2], [3, 0, 0], [3, 1, 1]])
     backend.inject(events)
     spikes = backend.run(4)
@@ -589,11 +621,11 @@ def test_long_transfers_are_chunked():
     transport = PysimTransport(LinkedChip(SHAPE, chip_factory=loopback_factory), timeout_cycles=200_000)
     backend = LinkBackend(transport)
     # addresses >= 16 are not stored by the loopback chip: read back as 0
-    words = np.arange(LINK_MAX_WRITE_WORDS + 20) - 100
+    words = np.arange(LINK_MAX_WRITE_WORDS + 20) % 256 - 128
     frames = backend.stats["frames"]
-    backend.write(MemorySpace.STATE, 0, 0, words)
+    backend.write(MemorySpace.WEIGHT, 0, 0, words)
     assert backend.stats["frames"] - frames == 2
-    out = backend.read(MemorySpace.STATE, 0, 0, LINK_MAX_READ_WORDS + 3)
+    out = backend.read(MemorySpace.WEIGHT, 0, 0, LINK_MAX_READ_WORDS + 3)
     assert backend.stats["frames"] - frames == 4
     assert np.array_equal(out[:16], words[:16]) and not out[16:].any()
 
@@ -634,3 +666,77 @@ def test_identify_reports_the_chips_encoder_not_the_shapes():
     shape = ChipShape(cores=2, neurons=16, axons=24, lanes=8, route_entries=16, encoder_channels=8)
     transport = PysimTransport(LinkedChip(shape, chip_factory=loopback_factory), timeout_cycles=100_000)
     assert LinkBackend(transport).identify().encoder_channels == 0
+
+
+def write_frame(seq, space, addr, words, core=0):
+    payload = mem_header(space.value, core, len(words), addr)
+    return build_frame(seq, LinkCommand.WRITE_MEMORY, payload + b"".join((w & 0xFFFFFFFF).to_bytes(4, "little")
+                                                                         for w in words))
+
+
+def test_write_checks_every_word_before_writing_any():
+    """Raw WRITE_MEMORY frames the memory map refuses are NAKed OUT_OF_RANGE and write nothing
+    (a valid word before the bad one included); the reference (check_write) agrees on each.
+    w_min <= w_max holds within a frame and against the stored word (the loopback's)."""
+    from neurofabric.hdl.protocol import ChipRegister, ProfileField, StdpField
+
+    bench = LinkBench()
+    w_min, w_max = StdpField.W_MIN.value, StdpField.W_MAX.value
+    refused = [
+        (MemorySpace.WEIGHT, 0, [1, 2, 3, 200]),
+        (MemorySpace.PROFILE, ProfileField.THRESHOLD.value, [1 << 23]),
+        (MemorySpace.PROFILE, ProfileField.RESET_MODE.value, [2]),
+        (MemorySpace.NEURON, 0, [1 << 27]),
+        (MemorySpace.ROUTE_ENTRY, 0, [SHAPE.cores << 16]),
+        (MemorySpace.COUNTER, 0, [1]),
+        (MemorySpace.CHIP, ChipRegister.STEP.value, [0]),
+        (MemorySpace.CHIP, ChipRegister.ENCODER.value, [1]),     # this chip has no encoder
+        (MemorySpace.WEIGHT, size(MemorySpace.WEIGHT, SHAPE) - 1, [0, 0]),
+        (MemorySpace.STDP, w_min, [5, 4]),
+        (MemorySpace.STDP, w_min, [50]),                         # stored w_max is 0
+    ]
+    for space, addr, words in refused:
+        seq = bench.next_seq()
+        frame = write_frame(seq, space, addr, words)
+        assert predict(frame[1:-1], bench) == (seq, LinkStatus.OUT_OF_RANGE, b""), (space, addr, words)
+        bench.check(frame, (seq, LinkStatus.OUT_OF_RANGE, b""))
+    for space, addr, words in [(MemorySpace.WEIGHT, 0, [-128, 127]), (MemorySpace.STDP, w_min, [-5, 60]),
+                               (MemorySpace.STDP, w_min, [50])]:
+        seq = bench.next_seq()
+        bench.check(write_frame(seq, space, addr, words), (seq, LinkStatus.ACK, b""))
+        for i, word in enumerate(words):
+            bench.memory[(space.value, 0, addr + i)] = word & 0xFFFFFFFF
+    seq = bench.next_seq()
+    bench.check(write_frame(seq, MemorySpace.STDP, w_max, [40]), (seq, LinkStatus.OUT_OF_RANGE, b""))
+    for space, count in [(MemorySpace.WEIGHT, 4), (MemorySpace.STDP, 11), (MemorySpace.PROFILE, 8)]:
+        seq = bench.next_seq()
+        want = b"".join(bench.expected_word(space.value, 0, a).to_bytes(4, "little") for a in range(count))
+        bench.check(build_frame(seq, LinkCommand.READ_MEMORY, mem_header(space.value, 0, count, 0)),
+                    (seq, LinkStatus.ACK, want))
+    assert bench.expected_word(MemorySpace.STDP.value, 0, w_min) == 50
+
+
+def inject_frame(seq, events):
+    payload = b"".join(s.to_bytes(2, "little") + bytes([c]) + a.to_bytes(2, "little") for s, c, a in events)
+    return build_frame(seq, LinkCommand.INJECT, payload)
+
+
+def test_inject_beyond_the_input_queue_is_refused_and_the_link_keeps_answering():
+    """INJECT frames of more events than the input queue has room for (16 on the loopback) are
+    NAKed QUEUE_FULL, queue nothing, and every later frame (RESET included) is answered; a frame
+    of exactly the room left is taken."""
+    bench = LinkBench()
+    events = [(0, i % 2, i) for i in range(LOOPBACK_QUEUE + 1)]
+    for frame_events, status in [(events, LinkStatus.QUEUE_FULL), (events[:LOOPBACK_QUEUE], LinkStatus.ACK),
+                                 (events[:1], LinkStatus.QUEUE_FULL)]:
+        seq = bench.next_seq()
+        bench.check(inject_frame(seq, frame_events), (seq, status, b""))
+    for command in (LinkCommand.RESET, LinkCommand.IDENTIFY):
+        seq = bench.next_seq()
+        bench.check(build_frame(seq, command), (seq, LinkStatus.ACK, None))
+    assert len([t for t in bench.transactions if t[0] == "inject"]) == LOOPBACK_QUEUE
+    seq = bench.next_seq()
+    bench.check(build_frame(seq, LinkCommand.RUN, (1).to_bytes(4, "little")), (seq, LinkStatus.ACK, b""))
+    bench.seq = drain_output(bench, 1, bench.next_seq()) - 1
+    seq = bench.next_seq()
+    bench.check(inject_frame(seq, [(1, 0, 0)] * LOOPBACK_QUEUE), (seq, LinkStatus.ACK, b""))

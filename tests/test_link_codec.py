@@ -252,7 +252,8 @@ def test_backend_rejects_bad_calls_before_sending():
         (lambda: backend.write(MemorySpace.WEIGHT, 0, 0, [1.5]), "must hold integers"),
         (lambda: backend.write(MemorySpace.WEIGHT, 0, 0, [[1, 2]]), "1-D"),
         (lambda: backend.write(MemorySpace.WEIGHT, 0, 0, [0, -(1 << 31) - 1]), r"words contains -2147483649"),
-        (lambda: backend.write(MemorySpace.WEIGHT, 0, (1 << 24) - 300, [0] * 301), r"addr \+ count"),
+            (lambda: backend.write(MemorySpace.WEIGHT, 0, (1 << 24) - 300, [0] * 301), r"addr = 16776916 is out of range"),
+            (lambda: backend.write(MemorySpace.WEIGHT, 0, 0, [200]), r"weight = 200 is out of range: allowed \[-128, 127\]"),
         (lambda: backend.read(MemorySpace.STATE, 0, 0, -2), r"count = -2 is out of range"),
         (lambda: backend.read(MemorySpace.STATE, 0, 0, 1.0), "count must be an integer"),
         (lambda: backend.inject([[0, 0, 48]]), r"events must have shape|axon contains 48"),
@@ -275,7 +276,7 @@ def test_backend_chunks_and_naks():
     link = ScriptedLink()
     backend = LinkBackend(link)
     frames = backend.stats["frames"]
-    backend.write(MemorySpace.WEIGHT, 1, 0, np.arange(2 * LINK_MAX_WRITE_WORDS + 1))
+    backend.write(MemorySpace.WEIGHT, 1, 0, np.arange(2 * LINK_MAX_WRITE_WORDS + 1) % 256 - 128)
     assert backend.stats["frames"] - frames == 3
     assert backend.read(MemorySpace.WEIGHT, 0, 0, 600).shape == (600,)
     assert backend.run(3).shape == (0, 3)
@@ -327,12 +328,13 @@ def test_backend_checks_step_markers():
 
 def test_link_backend_splits_writes_longer_than_a_frame_header_can_count():
     """70,000 words (more than a 16-bit count) go out as many full frames, nothing overflows."""
-    from neurofabric.hdl.protocol import LINK_MAX_WRITE_WORDS, MemorySpace
+    from neurofabric.hdl.protocol import LINK_MAX_WRITE_WORDS, ChipShape, MemorySpace
     from neurofabric.host.link import LinkBackend
 
     sent = []
     backend = LinkBackend.__new__(LinkBackend)
     backend._cores = 1
+    backend._shape = ChipShape(neurons=256, axons=512, lanes=8)       # 131072 weights
     backend.command = lambda command, payload: sent.append((command, payload)) or b""
     backend.write(MemorySpace.WEIGHT, 0, 0, [1] * 70_000)
     assert len(sent) == -(-70_000 // LINK_MAX_WRITE_WORDS)

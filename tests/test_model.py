@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from neurofabric.hdl.memory_map import MEMORY_MAP, MemoryMapError
 from neurofabric.hdl.protocol import (
     LFSR_BITS,
     ChipRegister,
@@ -259,9 +260,10 @@ def test_memory_map_round_trip_and_rejected_writes():
     m = ChipModel(ChipShape(cores=2, neurons=4, axons=2, lanes=2, route_entries=8))
     m.write_words(MemorySpace.WEIGHT, 1, 2, [-128, 127])
     assert list(m.read_words(MemorySpace.WEIGHT, 1, 2, 2)) == [-128, 127]
-    m.write_words(MemorySpace.PROFILE, 0, 8 + ProfileField.THRESHOLD.value, [777])
+    m.write_words(MemorySpace.PROFILE, 0, MEMORY_MAP[MemorySpace.PROFILE].address(m.shape, ProfileField.THRESHOLD, 1),
+                  [777])
     assert m.cores[0].profiles[1].threshold == 777
-    m.write_words(MemorySpace.STATE, 0, 4 * 3 + StateField.V.value, [-99])
+    m.write_words(MemorySpace.STATE, 0, MEMORY_MAP[MemorySpace.STATE].address(m.shape, StateField.V, 3), [-99])
     assert m.state(0)["v"][3] == -99
     m.write_words(MemorySpace.STDP, 0, StdpField.A_PLUS.value, [9])
     assert m.cores[0].stdp.a_plus == 9
@@ -275,6 +277,42 @@ def test_memory_map_round_trip_and_rejected_writes():
         m.read_words(MemorySpace.WEIGHT, 0, 7, 2)
     with pytest.raises(ModelError, match="read-only"):
         m.write_words(MemorySpace.COUNTER, 0, 0, [1])
+
+
+def test_out_of_range_words_are_rejected_never_truncated():
+    """One policy: a word outside its field's range raises MemoryMapError (also a ModelError)
+    naming field, value and range, and changes nothing; a signed word may be given as its
+    32-bit two's complement."""
+    m = ChipModel(ChipShape(cores=1, neurons=4, axons=2, lanes=2, route_entries=8))
+    m.write_words(MemorySpace.WEIGHT, 0, 0, [0xFFFFFFFD, -3])
+    assert list(m.read_words(MemorySpace.WEIGHT, 0, 0, 2)) == [-3, -3]
+    threshold = MEMORY_MAP[MemorySpace.PROFILE].address(m.shape, ProfileField.THRESHOLD)
+    for space, addr, word, field, value, allowed in [
+        (MemorySpace.WEIGHT, 1, 200, "weight", 200, (-128, 127)),
+        (MemorySpace.PROFILE, threshold, 1 << 23, "threshold", 1 << 23, (0, (1 << 23) - 1)),
+        (MemorySpace.ROUTE_ENTRY, 0, 1 << 30 | 5, "route destination axon", 5, (0, 0)),   # HOST: axon 0
+    ]:
+        before = m.read_words(space, 0, 0, 8).tolist()
+        with pytest.raises(MemoryMapError) as caught:
+            m.write_words(space, 0, addr, [word])
+        assert isinstance(caught.value, ModelError)
+        assert (caught.value.field, caught.value.value, caught.value.allowed) == (field, value, allowed)
+        assert m.read_words(space, 0, 0, 8).tolist() == before
+
+
+def test_stdp_bounds_are_checked_on_the_values_after_the_write():
+    """w_min <= w_max holds after each write: both in one write may cross the stored pair (a
+    load never depends on what the previous network left); one alone is checked against the
+    stored other."""
+    m = ChipModel(ChipShape(cores=1, neurons=4, axons=2, lanes=2))
+    w_min = StdpField.W_MIN.value
+    m.write_words(MemorySpace.STDP, 0, w_min, [-20, -10])
+    m.write_words(MemorySpace.STDP, 0, w_min, [30, 40])           # both above the stored w_max
+    assert (m.cores[0].stdp.w_min, m.cores[0].stdp.w_max) == (30, 40)
+    with pytest.raises(MemoryMapError) as caught:
+        m.write_words(MemorySpace.STDP, 0, StdpField.W_MAX.value, [29])
+    assert (caught.value.field, caught.value.value, caught.value.allowed) == ("w_max", 29, (30, 127))
+    assert (m.cores[0].stdp.w_min, m.cores[0].stdp.w_max) == (30, 40)
 
 
 @settings(max_examples=40, deadline=None)

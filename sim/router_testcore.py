@@ -1,6 +1,6 @@
 """A small integrate-and-fire core with the neuron core's ports, for testing the router and chip.
 
-:class:`IntegrateFireCore` has exactly the ports of ``neurofabric.hdl.core.NeuronCore`` and
+:class:`IntegrateFireCore` has exactly the ports of ``neurofabric.hdl.core.NeuronCore`` (its :class:`~neurofabric.hdl.core.CoreSignature`) and
 computes what ``ChipModel`` computes for a core configured with fixed weights, a bias per
 neuron and one profile ``NeuronProfile(du=4096, dv=0, threshold=T)`` (reset to 0, no
 refractory period, no adaptation, no learning)::
@@ -19,10 +19,10 @@ while fired neurons remain to be sent. An optional LFSR-driven ``stall`` pattern
 """
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed
-from amaranth.lib import stream, wiring
-from amaranth.lib.wiring import In, Out
 
-from neurofabric.hdl.protocol import ACC_BITS, STATE_BITS, MemRequest, signed_range
+from neurofabric.hdl.checked import CheckedComponent
+from neurofabric.hdl.core import CoreSignature
+from neurofabric.hdl.protocol import ACC_BITS, STATE_BITS, signed_range
 
 __all__ = ["IntegrateFireCore"]
 
@@ -34,28 +34,24 @@ def _saturate(m, value, bits, name):
     return result
 
 
-class IntegrateFireCore(wiring.Component):
+class IntegrateFireCore(CheckedComponent):
     """See the module docstring. `weights[a][n]` (int8), `bias[n]`, `threshold`, `weight_exp`."""
 
-    def __init__(self, neurons, axons, lanes, *, weights, bias, threshold, weight_exp=0, stall_seed=0):
+    @classmethod
+    def check_parameters(cls, neurons, axons, lanes, *, weights, bias, threshold, weight_exp=0, stall_seed=0):
         if len(weights) != axons or any(len(row) != neurons for row in weights):
             raise ValueError(f"weights must be {axons} x {neurons}")
         if len(bias) != neurons:
             raise ValueError(f"bias must have {neurons} entries, has {len(bias)}")
+
+    def __init__(self, neurons, axons, lanes, *, weights, bias, threshold, weight_exp=0, stall_seed=0):
         self.neurons, self.axons, self.lanes = neurons, axons, lanes
         self.weights = [list(map(int, row)) for row in weights]
         self.bias = list(map(int, bias))
         self.threshold = int(threshold)
         self.weight_exp = int(weight_exp)
         self.stall_seed = stall_seed
-        super().__init__({
-            "axon_in": In(stream.Signature(range(axons))),
-            "spike_out": Out(stream.Signature(range(neurons))),
-            "step": In(1),
-            "busy": Out(1),
-            "mem": In(stream.Signature(MemRequest)),
-            "mem_resp": Out(stream.Signature(32)),
-        })
+        super().__init__(CoreSignature(neurons, axons))
 
     def elaborate(self, platform):
         m = Module()
