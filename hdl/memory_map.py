@@ -448,8 +448,9 @@ class WordChecker(wiring.Component):
     data: In(WORD_BITS)
     ok: Out(1)
 
-    def __init__(self, chip):
+    def __init__(self, chip, *, check_address=True):
         self.chip = chip
+        self.check_address = check_address     #: False: the address is known to be in the space
         super().__init__()
 
     @staticmethod
@@ -498,7 +499,7 @@ class WordChecker(wiring.Component):
             for space, decl in MEMORY_MAP.items():
                 with m.Case(space):
                     words = decl.size(chip)
-                    address_ok = self.addr < words
+                    address_ok = (self.addr < words) if self.check_address else 1
                     block_ok = Signal(name=f"{space.name.lower()}_word_ok")
                     if decl.interleaved:
                         stride = len(decl.blocks)
@@ -509,6 +510,8 @@ class WordChecker(wiring.Component):
                             for i, block in enumerate(decl.blocks):
                                 with m.Case(i):
                                     m.d.comb += block_ok.eq(self._word_ok(m, block.word))
+                    elif all(block.word == decl.blocks[0].word for block in decl.blocks):
+                        m.d.comb += block_ok.eq(self._word_ok(m, decl.blocks[0].word))
                     else:
                         start = 0
                         for block in decl.blocks:
