@@ -323,15 +323,23 @@ class CommandExecutor(wiring.Component):
             with m.Elif(self.chip.mem.ready):
                 m.d.sync += s.mem_valid.eq(0)
                 m.next = "CHECK-RULE-RESPONSE"
+        # the stored word is registered (into the register the frame does not write), then
+        # compared: no path from the chip's response to the state
         with m.State("CHECK-RULE-RESPONSE"):
             m.d.comb += self.chip.mem_resp.ready.eq(1)
             with m.If(self.chip.mem_resp.valid):
-                stored = self.chip.mem_resp.payload[:bits].as_signed()     # a checked value: it fits
-                m.d.sync += [s.mem_addr.eq(s.addr), s.mem_write.eq(1)]
-                with m.If(Mux(s.has_low, s.low, stored) > Mux(s.has_high, s.high, stored)):
-                    self._nak(m, s, LinkStatus.OUT_OF_RANGE)
+                stored = self.chip.mem_resp.payload[:bits]      # a checked value: it fits
+                with m.If(s.has_low):
+                    m.d.sync += s.high.eq(stored)
                 with m.Else():
-                    self._ack(m, s, "EXEC-WRITE-BYTES")
+                    m.d.sync += s.low.eq(stored)
+                m.d.sync += [s.mem_addr.eq(s.addr), s.mem_write.eq(1)]
+                m.next = "CHECK-RULE-VERDICT"
+        with m.State("CHECK-RULE-VERDICT"):
+            with m.If(s.low > s.high):
+                self._nak(m, s, LinkStatus.OUT_OF_RANGE)
+            with m.Else():
+                self._ack(m, s, "EXEC-WRITE-BYTES")
 
     # --- WRITE_MEMORY / READ_MEMORY execution ----------------------------------------------------------
     def _memory_states(self, m, s):
