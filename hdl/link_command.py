@@ -18,9 +18,10 @@ Memory requests are issued one at a time (request, then its response; ``mem.payl
 unchanged from a request's acceptance until its response).
 """
 
-from amaranth.hdl import Array, Cat, Const, Module, Signal
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
 
 from neurofabric.hdl.link_framing import (
     MIN_FRAME_BYTES,
@@ -31,6 +32,7 @@ from neurofabric.hdl.link_framing import (
 from neurofabric.hdl.link_reply import ReplyOp, ReplySignature
 from neurofabric.hdl.memory_map import MEMORY_MAP, WordChecker
 from neurofabric.hdl.protocol import (
+    LINK_CRC_BYTES,
     LINK_HEADER_BYTES,
     LINK_INPUT_EVENT_BYTES,
     LINK_MAX_OUTPUT_EVENTS,
@@ -72,18 +74,23 @@ class ChipPortSignature(wiring.Signature):
 
 
 def _order_rule():
-    """(space, low address, high address) of the memory map's one Order rule (a register pair)."""
+    """(space, low address, high address, bits) of the memory map's one Order rule (a pair of
+    signed value registers whose ranges fit `bits`: the words are checked before it)."""
     rules = [(space, decl, rule) for space, decl in MEMORY_MAP.items() for rule in decl.rules]
     assert len(rules) == 1, "the link checks one Order rule: extend CommandExecutor for more"
     space, decl, rule = rules[0]
     assert decl.interleaved and all(b.rows == 1 for b in decl.blocks), "Order rules join registers"
-    return space, [b.key for b in decl.blocks].index(rule.low), [b.key for b in decl.blocks].index(rule.high)
+    keys = [b.key for b in decl.blocks]
+    ranges = [decl.blocks[keys.index(key)].word.fields[decl.blocks[keys.index(key)].word.name].allowed
+              for key in (rule.low, rule.high)]
+    bits = max(max(hi.bit_length(), (-lo - 1).bit_length()) for lo, hi in ranges) + 1
+    return space, keys.index(rule.low), keys.index(rule.high), bits
 
 
 class _State:
     """The executor's registers, shared by the parts of its state machine."""
 
-    def __init__(self, frame):
+    def __init__(self, frame, rule_bits):
         header = frame.header
         self.seq, self.command = header[0], header[1]
         self.space, self.core = header[2], header[3]
@@ -92,7 +99,7 @@ class _State:
         self.run_steps = Cat(header[2], header[3], header[4], header[5])
         self.output_max = Cat(header[2], header[3])
         self.payload_len = Signal(range(RX_BUFFER_BYTES + 1))
-        self.payload_end = Signal(range(RX_BUFFER_BYTES + 1))
+        self.payload_end = frame.length - LINK_CRC_BYTES   # where the payload ends in the buffer
         self.header_bad = Signal()              # space, core, count or address range
         self.write_length_bad = Signal()
         self.output_max_bad = Signal()
@@ -103,10 +110,8 @@ class _State:
         self.mem_write = Signal()
         self.mem_addr = Signal(24)
         self.words_left = Signal(16)
-        self.check_addr = Signal(24)
-        self.check_left = Signal(16)
         self.word_ok = Signal()
-        self.low, self.high = Signal(32), Signal(32)        # the Order rule's words
+        self.low, self.high = Signal(signed(rule_bits)), Signal(signed(rule_bits))  # the Order rule's values
         self.has_low, self.has_high = Signal(), Signal()
         self.status = Signal(LinkStatus)
         self.next = Signal(4)                   # where ACK-BEGIN continues
@@ -141,15 +146,16 @@ class CommandExecutor(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.checker = checker = WordChecker(self.shape)
-        s = _State(self.frame.payload)
+        # addresses are the header check's (addr + count within the space)
+        m.submodules.checker = checker = WordChecker(self.shape, check_address=False)
+        s = _State(self.frame.payload, _order_rule()[3])
         m.d.comb += [s.rx_ptr_next.eq(s.rx_ptr), self.buffer.addr.eq(s.rx_ptr_next)]
         m.d.sync += s.rx_ptr.eq(s.rx_ptr_next)      # buffer.data is the byte at rx_ptr in every cycle
         mem = self.chip.mem
         m.d.comb += [
             mem.valid.eq(s.mem_valid), mem.payload.write.eq(s.mem_write), mem.payload.mem.eq(s.space),
             mem.payload.core.eq(s.core), mem.payload.addr.eq(s.mem_addr), mem.payload.data.eq(s.word),
-            checker.space.eq(s.space), checker.addr.eq(s.check_addr), checker.data.eq(s.word),
+            checker.space.eq(s.space), checker.addr.eq(s.mem_addr), checker.data.eq(s.word),
         ]
         with m.FSM(name="command"):
             self._decode(m, s)
@@ -184,7 +190,7 @@ class CommandExecutor(wiring.Component):
     # --- receive, decode, dispatch -------------------------------------------------------------------
     def _decode(self, m, s):
         frame = self.frame.payload
-        sizes = Array(Const(MEMORY_MAP[space].size(self.shape), 33) for space in MemorySpace)
+        sizes = Array(Const(MEMORY_MAP[space].size(self.shape), 25) for space in MemorySpace)
         with m.State("IDLE"):
             with m.If(self.frame.valid):
                 with m.If(frame.status != LinkStatus.ACK):
@@ -196,12 +202,12 @@ class CommandExecutor(wiring.Component):
             count_limit = Array([LINK_MAX_WRITE_WORDS, LINK_MAX_READ_WORDS])[s.command == LinkCommand.READ_MEMORY]
             m.d.sync += [
                 s.payload_len.eq(frame.length - MIN_FRAME_BYTES),
-                s.payload_end.eq(frame.length - MIN_FRAME_BYTES + LINK_HEADER_BYTES),
                 s.header_bad.eq((s.space >= len(MemorySpace)) | (s.core >= self.shape.cores) |
-                                (s.count > count_limit) | (s.addr + s.count > sizes[s.space[:4]])),
+                                (s.count > count_limit) | (s.addr[24:] != 0) |
+                                (s.addr[:24] + s.count > sizes[s.space[:4]])),
                 s.output_max_bad.eq(s.output_max > LINK_MAX_OUTPUT_EVENTS),
                 s.length_mod5_bad.eq(frame.mod5 != (MIN_FRAME_BYTES % 5)),
-                s.mem_addr.eq(s.addr), s.words_left.eq(s.count), s.check_addr.eq(s.addr), s.check_left.eq(s.count),
+                s.mem_addr.eq(s.addr), s.words_left.eq(s.count),
                 s.has_low.eq(0), s.has_high.eq(0), s.item_index.eq(0), s.mem_write.eq(0),
             ]
             m.next = "DISPATCH-LENGTHS"
@@ -267,10 +273,12 @@ class CommandExecutor(wiring.Component):
 
     # --- WRITE_MEMORY validation: every word, then BUSY, then the rule against the stored word ---
     def _write_checks(self, m, s, checker):
-        rule_space, low_addr, high_addr = _order_rule()
+        rule_space, low_addr, high_addr, bits = _order_rule()
         is_rule_space = s.space == rule_space
+        # the address is inside the (register) space here: its low bits tell the registers apart
+        rule_addr_bits = ceil_log2(MEMORY_MAP[rule_space].size(self.shape))
         with m.State("CHECK-WRITE-NEXT"):
-            with m.If(s.check_left == 0):
+            with m.If(s.words_left == 0):
                 m.next = "CHECK-WRITE-DONE"
             with m.Else():
                 m.next = "CHECK-WRITE-BYTES"
@@ -283,27 +291,26 @@ class CommandExecutor(wiring.Component):
         # at a flip-flop.
         with m.State("CHECK-WRITE-WORD"):
             m.d.sync += s.word_ok.eq(checker.ok)
-            with m.If(is_rule_space & (s.check_addr == low_addr)):
+            with m.If(is_rule_space & (s.mem_addr[:rule_addr_bits] == low_addr)):
                 m.d.sync += [s.has_low.eq(1), s.low.eq(s.word)]
-            with m.If(is_rule_space & (s.check_addr == high_addr)):
+            with m.If(is_rule_space & (s.mem_addr[:rule_addr_bits] == high_addr)):
                 m.d.sync += [s.has_high.eq(1), s.high.eq(s.word)]
             m.next = "CHECK-WRITE-VERDICT"
         with m.State("CHECK-WRITE-VERDICT"):
             with m.If(~s.word_ok):
                 self._nak(m, s, LinkStatus.OUT_OF_RANGE)
             with m.Else():
-                m.d.sync += [s.check_addr.eq(s.check_addr + 1), s.check_left.eq(s.check_left - 1)]
+                m.d.sync += [s.mem_addr.eq(s.mem_addr + 1), s.words_left.eq(s.words_left - 1)]
                 m.next = "CHECK-WRITE-NEXT"
         with m.State("CHECK-WRITE-DONE"):
             m.d.comb += s.rx_ptr_next.eq(_PAYLOAD)
-            with m.If(s.has_low & s.has_high & (s.low.as_signed() > s.high.as_signed())):
+            m.d.sync += [s.mem_addr.eq(s.addr), s.words_left.eq(s.count)]       # for the execution pass
+            with m.If(s.has_low & s.has_high & (s.low > s.high)):
                 self._nak(m, s, LinkStatus.OUT_OF_RANGE)
             with m.Elif(self.chip.running):
                 self._nak(m, s, LinkStatus.BUSY)
             with m.Elif(s.has_low ^ s.has_high):
-                m.d.sync += s.mem_addr.eq(high_addr)
-                with m.If(s.has_high):
-                    m.d.sync += s.mem_addr.eq(low_addr)
+                m.d.sync += s.mem_addr.eq(Mux(s.has_high, low_addr, high_addr))
                 m.next = "CHECK-RULE-REQUEST"
             with m.Elif(s.count == 0):
                 self._ack(m, s, "SEND")
@@ -316,17 +323,23 @@ class CommandExecutor(wiring.Component):
             with m.Elif(self.chip.mem.ready):
                 m.d.sync += s.mem_valid.eq(0)
                 m.next = "CHECK-RULE-RESPONSE"
+        # the stored word is registered (into the register the frame does not write), then
+        # compared: no path from the chip's response to the state
         with m.State("CHECK-RULE-RESPONSE"):
             m.d.comb += self.chip.mem_resp.ready.eq(1)
             with m.If(self.chip.mem_resp.valid):
-                stored = self.chip.mem_resp.payload
-                low = Array([stored, s.low])[s.has_low]
-                high = Array([stored, s.high])[s.has_high]
-                m.d.sync += [s.mem_addr.eq(s.addr), s.mem_write.eq(1)]
-                with m.If(low.as_signed() > high.as_signed()):
-                    self._nak(m, s, LinkStatus.OUT_OF_RANGE)
+                stored = self.chip.mem_resp.payload[:bits]      # a checked value: it fits
+                with m.If(s.has_low):
+                    m.d.sync += s.high.eq(stored)
                 with m.Else():
-                    self._ack(m, s, "EXEC-WRITE-BYTES")
+                    m.d.sync += s.low.eq(stored)
+                m.d.sync += [s.mem_addr.eq(s.addr), s.mem_write.eq(1)]
+                m.next = "CHECK-RULE-VERDICT"
+        with m.State("CHECK-RULE-VERDICT"):
+            with m.If(s.low > s.high):
+                self._nak(m, s, LinkStatus.OUT_OF_RANGE)
+            with m.Else():
+                self._ack(m, s, "EXEC-WRITE-BYTES")
 
     # --- WRITE_MEMORY / READ_MEMORY execution ----------------------------------------------------------
     def _memory_states(self, m, s):
@@ -409,7 +422,8 @@ class CommandExecutor(wiring.Component):
     def _stream_states(self, m, s):
         identify = Array(Const(b, 8) for b in self.identify_reply)
         with m.State("EXEC-IDENTIFY"):
-            with m.If(self._reply_byte(m, identify[s.item_index])):
+            # (indexed by the bits that count the reply's bytes: a small multiplexer)
+            with m.If(self._reply_byte(m, identify[s.item_index[:ceil_log2(len(self.identify_reply))]])):
                 m.d.sync += s.item_index.eq(s.item_index + 1)
                 with m.If(s.item_index == len(self.identify_reply) - 1):
                     m.next = "SEND"

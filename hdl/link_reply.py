@@ -8,7 +8,7 @@ start of the buffer and kept (except RESET's, which forgets the stored one); NAK
 after it, so a NAK never overwrites the stored reply.
 """
 
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -81,7 +81,7 @@ class ReplyBuilder(wiring.Component):
                 with m.If(request.valid):
                     with m.Switch(request.payload.op):
                         with m.Case(ReplyOp.BEGIN):
-                            start = (request.payload.data != LinkStatus.ACK) * NAK_BASE
+                            start = Mux(request.payload.data == LinkStatus.ACK, 0, NAK_BASE)
                             m.d.comb += [write.addr.eq(start), write.data.eq(request.payload.seq), write.en.eq(1),
                                          crc.data.eq(request.payload.seq), crc.valid.eq(1), crc.start.eq(1)]
                             m.d.sync += [base.eq(start), pointer.eq(start + 1)]

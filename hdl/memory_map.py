@@ -28,9 +28,10 @@ before writing any word of it.
 import functools
 from dataclasses import dataclass
 
-from amaranth.hdl import Module, Mux, Shape, Signal, signed, unsigned
+from amaranth.hdl import Array, Const, Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
 
 from neurofabric.hdl.protocol import (
     DECAY_ONE,
@@ -448,8 +449,9 @@ class WordChecker(wiring.Component):
     data: In(WORD_BITS)
     ok: Out(1)
 
-    def __init__(self, chip):
+    def __init__(self, chip, *, check_address=True):
         self.chip = chip
+        self.check_address = check_address     #: False: the address is known to be in the space
         super().__init__()
 
     @staticmethod
@@ -494,27 +496,29 @@ class WordChecker(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         chip = self.chip
-        with m.Switch(self.space):
-            for space, decl in MEMORY_MAP.items():
-                with m.Case(space):
-                    words = decl.size(chip)
-                    address_ok = self.addr < words
-                    block_ok = Signal(name=f"{space.name.lower()}_word_ok")
-                    if decl.interleaved:
-                        stride = len(decl.blocks)
-                        if decl.blocks[0].count(chip) > 1:
-                            assert stride & (stride - 1) == 0, f"{space.name}: interleave must be a power of two"
-                        index = self.addr % stride
-                        with m.Switch(index):
-                            for i, block in enumerate(decl.blocks):
-                                with m.Case(i):
-                                    m.d.comb += block_ok.eq(self._word_ok(m, block.word))
-                    else:
-                        start = 0
-                        for block in decl.blocks:
-                            end = start + block.count(chip)
-                            with m.If((self.addr >= start) & (self.addr < end)):
-                                m.d.comb += block_ok.eq(self._word_ok(m, block.word))
-                            start = end
-                    m.d.comb += self.ok.eq(address_ok & block_ok)
+        # every space's verdict in parallel, then one multiplexer tree by space (no priority
+        # chain through the spaces and blocks)
+        verdicts = []
+        for space in MemorySpace:
+            decl = MEMORY_MAP[space]
+            words = decl.size(chip)
+            address_ok = (self.addr < words) if self.check_address else 1
+            if decl.interleaved:
+                stride = len(decl.blocks)
+                if decl.blocks[0].count(chip) > 1:
+                    assert stride & (stride - 1) == 0, f"{space.name}: interleave must be a power of two"
+                block_oks = [self._word_ok(m, block.word) for block in decl.blocks]
+                block_ok = Array(block_oks + [0] * ((1 << ceil_log2(stride)) - stride))[self.addr % (1 << ceil_log2(stride))] \
+                    if stride > 1 else block_oks[0]
+            elif all(block.word == decl.blocks[0].word for block in decl.blocks):
+                block_ok = self._word_ok(m, decl.blocks[0].word)
+            else:
+                block_ok, start = self._word_ok(m, decl.blocks[0].word), 0
+                for previous, block in zip(decl.blocks, decl.blocks[1:]):
+                    start += previous.count(chip)
+                    block_ok = Mux(self.addr >= start, self._word_ok(m, block.word), block_ok)
+            verdict = Signal(name=f"{space.name.lower()}_ok")
+            m.d.comb += verdict.eq(address_ok & block_ok)
+            verdicts.append(verdict)
+        m.d.comb += self.ok.eq(Array(verdicts + [Const(0)] * (16 - len(verdicts)))[self.space.as_value()])
         return m
