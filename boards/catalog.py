@@ -99,7 +99,7 @@ BOARDS = {board.name: board for board in (
         name="icebreaker", description="1BitSquared iCEBreaker (iCE40 UP5K-SG48)",
         family="ice40", platform_factory=_icebreaker,
         device="up5k", package="sg48", clock="pad", clock_resource="clk12", clock_in_mhz=12,
-        default=ChipShape(cores=1, neurons=128, axons=128, lanes=1, route_entries=256),
+        default=ChipShape(cores=1, neurons=256, axons=256, lanes=1, route_entries=256),
         default_clock_mhz=24,
         leds={"running": ("led", 1, None), "link_error": ("led", 0, None),
               "learning": ("led", 2, None), "heartbeat": ("led", 6, None)},

@@ -30,7 +30,6 @@ from neurofabric.hdl.protocol import (
     ENCODER_CHANNELS_MAX,
     LINK_BUILD_NAME_BYTES,
     LINK_FEATURE_ENCODER,
-    LINK_FEATURE_LEARNING,
     LINK_MAX_PAYLOAD,
     LINK_VERSION,
     Event,
@@ -95,11 +94,6 @@ class HostLink(wiring.Component):
         The chip's input encoder channels, reported by IDENTIFY (0: no encoder); None (the
         default) takes ``shape.encoder_channels``, which is what ``neurofabric.hdl.chip.Chip``
         builds.
-    learning_memories : bool or None
-        The chip has the learning memories (``STDP``, ``TRACE``, ``PLASTIC``). Without them a
-        WRITE_MEMORY to those spaces is NAKed OUT_OF_RANGE by the link (as the cores would refuse
-        it) and the word checker spends no logic on them. None (the default): the chip learns
-        (:data:`LINK_FEATURE_LEARNING` in `features`).
 
     Ports: ``rx``/``tx`` byte streams to the host; ``mem``, ``mem_resp``, ``inject``, ``run``,
     ``out``, ``running`` and ``input_free`` (the entries free in the chip's input queue now) to
@@ -108,7 +102,7 @@ class HostLink(wiring.Component):
     """
 
     def __init__(self, shape, *, input_queue=0, rx_timeout=1_000_000, features=0, build_name="sim",
-                 encoder_channels=None, learning_memories=None):
+                 encoder_channels=None):
         if not isinstance(input_queue, int) or not 0 <= input_queue <= 0xFFFF:
             raise ValueError(f"input_queue = {input_queue!r} is out of range: allowed [0, 65535]")
         if not isinstance(rx_timeout, int) or not 1 <= rx_timeout <= (1 << 32) - 1:
@@ -119,11 +113,6 @@ class HostLink(wiring.Component):
         if encoder_channels is None:
             encoder_channels = getattr(shape, "encoder_channels", 0)
         self.encoder_channels = encoder_channels
-        if learning_memories is None:
-            learning_memories = bool(features & LINK_FEATURE_LEARNING)
-        #: the chip has the learning memories (STDP, TRACE, PLASTIC): else writes to them are
-        #: refused OUT_OF_RANGE by the word checker, at no logic cost
-        self.learning_memories = learning_memories
         self.identify_reply = identify_payload(shape, input_queue, features=features, build_name=build_name,
                                                encoder_channels=encoder_channels)
         super().__init__({
@@ -144,8 +133,7 @@ class HostLink(wiring.Component):
         m.submodules.receiver = receiver = FrameReceiver(self.rx_timeout)
         # the memory map the executor checks is the one IDENTIFY reports (its encoder channels)
         shape = replace(self.shape, encoder_channels=self.encoder_channels)
-        m.submodules.executor = executor = CommandExecutor(shape, self.identify_reply,
-                                                             learning=self.learning_memories)
+        m.submodules.executor = executor = CommandExecutor(shape, self.identify_reply)
         m.submodules.replies = replies = ReplyBuilder()
         wiring.connect(m, wiring.flipped(self.rx), receiver.rx)
         wiring.connect(m, receiver.frame, executor.frame)

@@ -139,16 +139,15 @@ class CommandExecutor(wiring.Component):
     EXEC_STATES = ["SEND", "EXEC-IDENTIFY", "EXEC-WRITE-BYTES", "EXEC-READ-REQUEST", "EXEC-INJECT-BYTES",
                    "EXEC-RUN", "EXEC-OUTPUT-POLL"]
 
-    def __init__(self, shape, identify_reply, *, learning=True):
+    def __init__(self, shape, identify_reply):
         self.shape = shape
         self.identify_reply = bytes(identify_reply)
-        self.learning = learning        #: False: the chip has no learning memories (refused whole)
         super().__init__()
 
     def elaborate(self, platform):
         m = Module()
         # addresses are the header check's (addr + count within the space)
-        m.submodules.checker = checker = WordChecker(self.shape, check_address=False, learning=self.learning)
+        m.submodules.checker = checker = WordChecker(self.shape, check_address=False)
         s = _State(self.frame.payload, _order_rule()[3])
         m.d.comb += [s.rx_ptr_next.eq(s.rx_ptr), self.buffer.addr.eq(s.rx_ptr_next)]
         m.d.sync += s.rx_ptr.eq(s.rx_ptr_next)      # buffer.data is the byte at rx_ptr in every cycle
@@ -275,8 +274,7 @@ class CommandExecutor(wiring.Component):
     # --- WRITE_MEMORY validation: every word, then BUSY, then the rule against the stored word ---
     def _write_checks(self, m, s, checker):
         rule_space, low_addr, high_addr, bits = _order_rule()
-        # without learning the rule's space is refused by the checker: no rule logic at all
-        is_rule_space = (s.space == rule_space) if self.learning else Const(0)
+        is_rule_space = s.space == rule_space
         # the address is inside the (register) space here: its low bits tell the registers apart
         rule_addr_bits = ceil_log2(MEMORY_MAP[rule_space].size(self.shape))
         with m.State("CHECK-WRITE-NEXT"):

@@ -32,9 +32,6 @@ class LoopbackChip(wiring.Component):
 
     ADDRESSES = 16
     SPACES = 16
-    #: it stores every space, the learning memories included (though it does not learn), so the
-    #: link checks their words rather than refusing them (see HostLink's `learning_memories`)
-    learning_memories = True
 
     def __init__(self, shape, *, input_queue_depth=16):
         self.shape = shape

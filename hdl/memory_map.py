@@ -438,26 +438,19 @@ def locate(space, chip, addr):
 
 
 # --- gateware ------------------------------------------------------------------------------------
-#: The memories only a core built with on-chip learning has (``NeuronCore(learning=True)``).
-LEARNING_SPACES = frozenset({MemorySpace.STDP, MemorySpace.TRACE, MemorySpace.PLASTIC})
-
-
 class WordChecker(wiring.Component):
     """Combinational: ``ok`` is high when writing ``data`` to ``addr`` of ``space`` is allowed
     on a chip of `chip` (ChipShape): the address exists, the word is writable and every field
     of its layout is in range. Generated from :data:`MEMORY_MAP`, so it refuses exactly what
-    :func:`neurofabric.host.memory_map.check_word` refuses. Rules between words (:class:`Order`) are the host link's.
-    With ``learning=False`` (a chip built without on-chip learning) the learning memories
-    (:data:`LEARNING_SPACES`) are refused whole, as the chip's cores refuse them, and cost no logic."""
+    :func:`neurofabric.host.memory_map.check_word` refuses. Rules between words (:class:`Order`) are the host link's."""
 
     space: In(MemorySpace)
     addr: In(ADDR_BITS)
     data: In(WORD_BITS)
     ok: Out(1)
 
-    def __init__(self, chip, *, check_address=True, learning=True):
+    def __init__(self, chip, *, check_address=True):
         self.chip = chip
-        self.learning = learning
         self.check_address = check_address     #: False: the address is known to be in the space
         super().__init__()
 
@@ -508,9 +501,6 @@ class WordChecker(wiring.Component):
         verdicts = []
         for space in MemorySpace:
             decl = MEMORY_MAP[space]
-            if space in LEARNING_SPACES and not self.learning:
-                verdicts.append(Const(0))
-                continue
             words = decl.size(chip)
             address_ok = (self.addr < words) if self.check_address else 1
             if decl.interleaved:

@@ -64,8 +64,7 @@ class LinkedChip(CheckedComponent):
             input_queue = getattr(self.chip, "input_queue_depth", 0)
         features = LINK_FEATURE_LEARNING if getattr(self.chip, "learning", False) is True else 0
         self.link = HostLink(shape, input_queue=input_queue, rx_timeout=rx_timeout, features=features,
-                             build_name=build_name, encoder_channels=getattr(self.chip, "encoder_channels", 0),
-                             learning_memories=getattr(self.chip, "learning_memories", None))
+                             build_name=build_name, encoder_channels=getattr(self.chip, "encoder_channels", 0))
         super().__init__()
 
     def elaborate(self, platform):

@@ -316,7 +316,7 @@ def test_build_tree_only_board(tmp_path, capsys):
 
 # --- one real build -------------------------------------------------------------------------------------
 
-#: the neuron chip of the default-run iCEBreaker build (the board default, 1 x 128 x 128 x 1, is
+#: the neuron chip of the default-run iCEBreaker build (the board default, 1 x 256 x 256 x 1, is
 #: built by bench/boards.py: same logic, larger memories and a longer place and route)
 ICEBREAKER_TEST_SHAPE = dict(cores=1, neurons=16, axons=16, lanes=1, route_entries=64)
 

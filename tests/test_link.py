@@ -29,7 +29,6 @@ from neurofabric.host.link import (
     CobsError,
     FrameReader,
     LinkBackend,
-    LinkNak,
     build_frame,
     cobs_decode,
     cobs_encode,
@@ -741,24 +740,3 @@ def test_inject_beyond_the_input_queue_is_refused_and_the_link_keeps_answering()
     bench.seq = drain_output(bench, 1, bench.next_seq()) - 1
     seq = bench.next_seq()
     bench.check(inject_frame(seq, [(1, 0, 0)] * LOOPBACK_QUEUE), (seq, LinkStatus.ACK, b""))
-
-
-def test_link_of_a_chip_without_learning_refuses_the_learning_memories():
-    """A link whose chip has no learning memories NAKs writes to STDP, TRACE and PLASTIC
-    OUT_OF_RANGE (valid words included) and passes nothing to the chip; other spaces are
-    checked and written as before."""
-    from neurofabric.hdl.link_testchip import LoopbackChip
-
-    class NonLearningLoopback(LoopbackChip):
-        learning_memories = False
-
-    transport = PysimTransport(LinkedChip(SHAPE, chip_factory=lambda shape: NonLearningLoopback(shape)),
-                               timeout_cycles=100_000)
-    with LinkBackend(transport) as backend:
-        for space in (MemorySpace.STDP, MemorySpace.TRACE, MemorySpace.PLASTIC):
-            with pytest.raises(LinkNak) as nak:
-                backend.command(LinkCommand.WRITE_MEMORY, mem_header(space.value, 0, 1, 0) + (0).to_bytes(4, "little"))
-            assert nak.value.status is LinkStatus.OUT_OF_RANGE, space
-            assert backend.read(space, 0, 0, 1)[0] == 0, space
-        backend.write(MemorySpace.WEIGHT, 0, 0, [-7])
-        assert backend.read(MemorySpace.WEIGHT, 0, 0, 1)[0] == -7
