@@ -65,9 +65,9 @@ def test_conv_demo_on_the_model(cache, tmp_path):
 
 @pytest.mark.verilator
 def test_conv_demo_on_the_sim_device_matches_the_model(cache):
-    # 3 channels (192 + 10 neurons, 64 + 192 axons) fit the digits demo's one-core sim device,
-    # whose Verilog is generated in seconds (the 2 x 512 x 512 chip of conv_shape() takes minutes)
-    s = run_conv_demo(device="sim", steps=8, channels=3, epochs=10, limit=4, percentile=99.9, progress=False,
+    # 2 channels (128 + 10 neurons, 64 + 128 axons) fit the default sim device (2 x 128 x 128), whose
+    # build the other sim tests share (the 2 x 512 x 512 chip of conv_shape() takes minutes)
+    s = run_conv_demo(device="sim", steps=8, channels=2, epochs=10, limit=4, percentile=99.9, progress=False,
                       log=lambda m: None, device_options={"shape": sim_shape()})
     assert s["build"] != "model"
     assert s["model_agreement"] == 1.0 and s["mismatched_samples"] == []
