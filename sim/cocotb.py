@@ -76,7 +76,10 @@ def cocotb_build(verilog, toplevel="top", *, waves=False):
     from neurofabric.toolchain import cached_build
 
     flags = [*VERILATOR_FLAGS]
-    key = verilog_cache_key("cocotb", verilog, toplevel, [*flags, PCH_MAKE_ARG], [list(TIMESCALE), bool(waves)])
+    # the executable links cocotb's libraries by path: a build is only reusable by the same install
+    import cocotb
+    key = verilog_cache_key("cocotb", verilog, toplevel, [*flags, PCH_MAKE_ARG],
+                            [list(TIMESCALE), bool(waves), str(Path(cocotb.__file__).resolve().parent)])
 
     def build(staging):
         source = staging / f"{toplevel}.v"

@@ -5,6 +5,8 @@ prints what the docs show (docs that stop working are a bug).
 - An example whose ``Chip.open("model"...)`` line names "sim" in its comment ("or "sim"") runs on
   the Verilator sim device too, with ``"model"`` replaced by ``"sim"``. Examples that ask for a
   shape of their own (``shape=``) build another sim device, so their "sim" run is a slow test.
+- An example that runs a parameter sweep (``sweep(``: many training runs, minutes) is a slow test.
+- Examples run in a temporary folder (files they write stay out of the work tree).
 - A ```` ```text ```` block that follows an example (with at most a line of prose between them)
   is its output: the example must print exactly that, on every device it runs on.
 """
@@ -28,7 +30,8 @@ def examples():
         for number, match in enumerate(EXAMPLE.finditer(path.read_text())):
             code, output = match.group(1), match.group(2)
             name = f"{path.relative_to(ROOT)} example {number}"
-            found.append(pytest.param(code, output, "model", id=f"{name} (as written)"))
+            found.append(pytest.param(code, output, "model", id=f"{name} (as written)",
+                                      marks=[pytest.mark.slow] if "sweep(" in code else []))
             if OPEN_MODEL.search(code):
                 marks = [pytest.mark.verilator] + ([pytest.mark.slow] if "shape=" in code else [])
                 found.append(pytest.param(code.replace('Chip.open("model"', 'Chip.open("sim"'), output, "sim",
@@ -47,7 +50,8 @@ def test_the_docs_have_examples_with_outputs():
 
 
 @pytest.mark.parametrize("code, output, device", EXAMPLES)
-def test_example_runs_and_prints_what_the_docs_show(code, output, device):
+def test_example_runs_and_prints_what_the_docs_show(code, output, device, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         exec(compile(code, f"example on {device}", "exec"), {"__name__": "__example__"})
